@@ -1,0 +1,1 @@
+"""Shared, import-light parts of inferq: settings, Celery factory, contract, schema, errors."""

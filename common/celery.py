@@ -1,0 +1,87 @@
+"""Celery app factory shared by producers (send by name) and workers (run tasks)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from common import contract
+from common.settings import Settings, get_settings
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery configuration for inferq; see RELIABILITY.md for why each value is what it is."""
+    transport_options: dict[str, Any] = {}
+    if settings.embedded_broker:
+        folder = settings.broker_folder
+        for sub in ("queue", "control"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        transport_options = {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "control_folder": str(folder / "control"),
+            "store_processed": False,
+            "polling_interval": 0.1,  # seconds between folder scans (default 1 s)
+        }
+    else:
+        # IMPORTANT: unacked messages (a worker died) come back after visibility_timeout;
+        # it must be longer than the hard task time limit or live tasks get re-delivered.
+        transport_options = {"visibility_timeout": settings.visibility_timeout}
+    exchange = Exchange("inferq", type="direct")
+    return {
+        "broker_url": settings.effective_broker_url,
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": contract.SERIALIZER,
+        "accept_content": list(contract.ACCEPT_CONTENT),
+        "result_accept_content": list(contract.ACCEPT_CONTENT),
+        "event_serializer": "json",
+        # Results go to the results database, not to a Celery result backend.
+        "task_ignore_result": True,
+        "result_backend": None,
+        # At-least-once: ack only after the results are committed; requeue when a child dies.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": settings.prefetch_multiplier,
+        "task_time_limit": settings.task_time_limit,
+        "task_soft_time_limit": max(1, settings.task_time_limit - 30),
+        "task_queues": [
+            Queue(settings.online_queue, exchange, routing_key=settings.online_queue),
+            Queue(settings.bulk_queue, exchange, routing_key=settings.bulk_queue),
+        ],
+        "task_default_queue": settings.online_queue,
+        "task_default_exchange": "inferq",
+        "task_default_routing_key": settings.online_queue,
+        "task_routes": {contract.SCORE_BATCH: {"queue": settings.online_queue}},
+        # Flower and the metrics need events.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+    }
+
+
+class InferqCelery(Celery):
+    """Celery app that reads inferq settings lazily, when its config is first needed."""
+
+    def __init__(self, settings: Settings | None = None, **kwargs: Any) -> None:
+        self._inferq_settings = settings
+        super().__init__("inferq", **kwargs)
+
+    @property
+    def inferq_settings(self) -> Settings:
+        """The settings this app was configured from (read from the environment if not given)."""
+        if self._inferq_settings is None:
+            self._inferq_settings = get_settings()
+        return self._inferq_settings
+
+    def on_configure(self) -> None:
+        """Apply inferq's config the first time Celery reads its configuration."""
+        self.conf.update(celery_config(self.inferq_settings))
+
+
+def create_celery(settings: Settings | None = None) -> InferqCelery:
+    """Create a Celery app for inferq; with no settings, they are read on first use."""
+    return InferqCelery(settings)

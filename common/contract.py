@@ -1,0 +1,177 @@
+"""The message contract between producers and workers: task names, queues, payload schema.
+
+A score message is one Celery task call ``SCORE_BATCH(**payload)`` serialized with Celery's
+``msgpack`` serializer. The feature matrix travels as raw little-endian float64 bytes plus its
+shape, never as JSON lists of floats and never as pickle. Rows the producer could not turn into
+numbers travel as (index, message) pairs so the worker writes an error row for each of them:
+every accepted job id gets exactly one result row.
+
+Both sides import only this module (and numpy/msgpack), never each other.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from common.errors import ContractError, InvalidName
+
+#: Celery task name of the batch scoring task (workers register it; producers send by name).
+SCORE_BATCH = "inferq.score_batch"
+#: Version of the payload layout; bump on incompatible changes.
+CONTRACT_VERSION = 1
+#: Serializer for task messages; workers accept only these content types.
+SERIALIZER = "msgpack"
+ACCEPT_CONTENT = ("msgpack", "json")
+#: Wire dtype of the feature matrix.
+WIRE_DTYPE = np.dtype("<f8")
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,199}$")
+MAX_KEY_LEN = 512
+
+
+def check_name(value: str, kind: str = "model name") -> str:
+    """Validate a model name or alias: letters, digits, '.', '_', '-', at most 128 chars."""
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise InvalidName(
+            kind,
+            str(value),
+            "use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
+    return value
+
+
+def check_job_id(value: str) -> str:
+    """Validate a caller-supplied job id (stored as the primary key of `predictions`)."""
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise InvalidName(
+            "job id",
+            str(value),
+            "use 1-200 letters, digits or . _ : @ / + = -, starting with a letter or digit",
+        )
+    return value
+
+
+def new_id() -> str:
+    """A fresh random id (job ids, batch ids)."""
+    return uuid.uuid4().hex
+
+
+@dataclass(slots=True)
+class Batch:
+    """One score message: many rows for one model version."""
+
+    model: str
+    version: int
+    job_ids: list[str]
+    x: np.ndarray  # (n_rows, n_cols) float64
+    keys: list[str | None] | None = None
+    row_errors: dict[int, str] = field(default_factory=dict)
+    batch_id: str = field(default_factory=new_id)
+    run_id: str | None = None
+    submitted_at: float = field(default_factory=time.time)
+    #: Index of this batch's first row in the caller's submission (or input file), so error
+    #: messages name the row the caller knows ("row 2017"), not its place in the message.
+    row_offset: int = 0
+
+    @property
+    def n_rows(self) -> int:
+        """Number of rows (= jobs) in the batch."""
+        return len(self.job_ids)
+
+    def describe(self) -> str:
+        """Human summary for logs and Flower; never contains feature values."""
+        return (
+            f"model={self.model} version={self.version} rows={self.n_rows} "
+            f"batch={self.batch_id}" + (f" run={self.run_id}" if self.run_id else "")
+        )
+
+
+def encode_batch(batch: Batch) -> dict[str, Any]:
+    """Turn a Batch into the task kwargs (msgpack-friendly: str, int, float, bytes, lists)."""
+    x = np.ascontiguousarray(batch.x, dtype=WIRE_DTYPE)
+    if x.ndim != 2 or x.shape[0] != batch.n_rows:
+        raise ContractError(f"matrix shape {x.shape} does not match {batch.n_rows} job ids")
+    if batch.keys is not None and len(batch.keys) != batch.n_rows:
+        raise ContractError(f"{len(batch.keys)} keys for {batch.n_rows} job ids")
+    err_rows = sorted(batch.row_errors)
+    return {
+        "v": CONTRACT_VERSION,
+        "batch_id": batch.batch_id,
+        "run_id": batch.run_id,
+        "model": batch.model,
+        "version": int(batch.version),
+        "job_ids": batch.job_ids,
+        "keys": batch.keys,
+        "shape": [int(x.shape[0]), int(x.shape[1])],
+        "x": x.tobytes(),
+        "err_rows": err_rows,
+        "err_msgs": [batch.row_errors[i] for i in err_rows],
+        "submitted_at": float(batch.submitted_at),
+        "row_offset": int(batch.row_offset),
+    }
+
+
+def _require(payload: dict[str, Any], name: str, kinds: type | tuple[type, ...]) -> Any:
+    value = payload.get(name)
+    if not isinstance(value, kinds):
+        raise ContractError(f"field {name!r} is missing or has the wrong type")
+    return value
+
+
+def decode_job_ids(payload: dict[str, Any]) -> list[str]:
+    """Just the job ids of a payload (used to answer even a malformed message)."""
+    ids = payload.get("job_ids") if isinstance(payload, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ContractError("message has no readable job_ids")
+    return ids
+
+
+def decode_batch(payload: dict[str, Any]) -> Batch:
+    """Validate task kwargs against the contract and rebuild the Batch (zero-copy matrix)."""
+    if not isinstance(payload, dict):
+        raise ContractError(f"payload must be a mapping, got {type(payload).__name__}")
+    if payload.get("v") != CONTRACT_VERSION:
+        raise ContractError(
+            f"message contract version {payload.get('v')!r} is not supported "
+            f"(this worker speaks version {CONTRACT_VERSION})"
+        )
+    job_ids = decode_job_ids(payload)
+    shape = _require(payload, "shape", list)
+    raw = _require(payload, "x", bytes)
+    if len(shape) != 2 or not all(isinstance(s, int) and s >= 0 for s in shape):
+        raise ContractError(f"bad shape {shape!r}")
+    n, w = shape
+    if n != len(job_ids):
+        raise ContractError(f"shape says {n} rows but there are {len(job_ids)} job ids")
+    if len(raw) != n * w * WIRE_DTYPE.itemsize:
+        raise ContractError(f"matrix has {len(raw)} bytes, expected {n * w * 8} for {n}x{w}")
+    keys = payload.get("keys")
+    if keys is not None and (not isinstance(keys, list) or len(keys) != n):
+        raise ContractError("keys must be a list with one entry per job id")
+    err_rows = payload.get("err_rows") or []
+    err_msgs = payload.get("err_msgs") or []
+    if len(err_rows) != len(err_msgs) or not all(
+        isinstance(i, int) and 0 <= i < n for i in err_rows
+    ):
+        raise ContractError("err_rows/err_msgs are inconsistent")
+    version = _require(payload, "version", int)
+    run_id = payload.get("run_id")
+    return Batch(
+        model=_require(payload, "model", str),
+        version=version,
+        job_ids=job_ids,
+        x=np.frombuffer(raw, dtype=WIRE_DTYPE).reshape(n, w),
+        keys=keys,
+        row_errors=dict(zip(err_rows, (str(m) for m in err_msgs), strict=True)),
+        batch_id=_require(payload, "batch_id", str),
+        run_id=run_id if isinstance(run_id, str) else None,
+        submitted_at=float(payload.get("submitted_at") or time.time()),
+        row_offset=int(payload.get("row_offset") or 0),
+    )

@@ -1,0 +1,111 @@
+"""One error hierarchy for inferq. Constructors take data and build the message.
+
+Only :class:`TransientError` (and subclasses) is retried; everything else is a final answer
+that is reported to the user (or written as an error row) as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class InferqError(Exception):
+    """Base of every error inferq raises on purpose."""
+
+
+class ConfigError(InferqError):
+    """A setting is missing or wrong."""
+
+
+class InvalidInput(InferqError):
+    """Input rows or arguments cannot be accepted as given."""
+
+
+class InvalidName(InvalidInput):
+    """A model name, alias or id uses characters inferq does not accept."""
+
+    def __init__(self, kind: str, value: str, rule: str) -> None:
+        super().__init__(f"invalid {kind} {value!r}: {rule}")
+        self.kind, self.value = kind, value
+
+
+class MissingColumns(InvalidInput):
+    """Input columns do not cover the model's feature names."""
+
+    def __init__(self, model: str, missing: Sequence[str], available: Sequence[str]) -> None:
+        shown = ", ".join(list(missing)[:20]) + (" ..." if len(missing) > 20 else "")
+        super().__init__(
+            f"input is missing {len(missing)} feature column(s) that model {model!r} needs: "
+            f"{shown} (input has: {', '.join(list(available)[:20])})"
+        )
+        self.missing = list(missing)
+
+
+class TooManyRows(InvalidInput):
+    """A submission exceeds the configured row limit."""
+
+    def __init__(self, n_rows: int, limit: int) -> None:
+        super().__init__(
+            f"submission of {n_rows} rows exceeds the limit of {limit} rows per call "
+            f"(INFERQ_MAX_SUBMIT_ROWS); split it or use `inferq score` for bulk runs"
+        )
+
+
+class ModelNotFound(InferqError):
+    """The requested model, version or alias is not registered."""
+
+    def __init__(self, name: str, version: int | None = None, alias: str | None = None) -> None:
+        if version is not None:
+            what = f"model {name!r} version {version} is not registered"
+        elif alias is not None:
+            what = f"model {name!r} has no alias {alias!r}"
+        else:
+            what = f"model {name!r} is not registered"
+        super().__init__(what + " (see `inferq models list`)")
+        self.name, self.version, self.alias = name, version, alias
+
+
+class NotAnEstimator(InvalidInput):
+    """A file offered to the registry is not a fitted scikit-learn estimator."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot register {path}: {reason}")
+
+
+class ArtifactMismatch(InferqError):
+    """A stored model artifact does not match what was registered (refused before unpickling)."""
+
+    def __init__(self, path: str, what: str, expected: str, found: str) -> None:
+        super().__init__(
+            f"refusing to load {path}: {what} mismatch (expected {expected}, found {found})"
+        )
+        self.path, self.what, self.expected, self.found = path, what, expected, found
+
+
+class ContractError(InvalidInput):
+    """A queue message does not follow the inferq message contract."""
+
+
+class TransientError(InferqError):
+    """A temporary failure (database or broker unavailable); safe to retry."""
+
+
+class EnqueueError(TransientError):
+    """The broker did not accept a message; the jobs were NOT enqueued."""
+
+    def __init__(self, n_jobs: int, cause: BaseException) -> None:
+        super().__init__(
+            f"could not enqueue {n_jobs} job(s): {type(cause).__name__}: {cause}. "
+            "They were not accepted; submit them again."
+        )
+
+
+class ResultsTimeout(InferqError, TimeoutError):
+    """wait() gave up before every job had a result."""
+
+    def __init__(self, missing: int, total: int, timeout: float) -> None:
+        super().__init__(
+            f"{missing} of {total} job(s) have no result after {timeout:g}s "
+            "(are workers running? see `inferq worker`)"
+        )
+        self.missing, self.total = missing, total

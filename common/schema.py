@@ -1,0 +1,107 @@
+"""Database tables (SQLAlchemy Core). `predictions` is a public contract: people query it.
+
+Tables are created only by Alembic migrations (``inferq db upgrade``), never by create_all.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Double,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+# NOTE: a naming convention makes constraint names deterministic, so `alembic check`
+# and hand-written migrations agree on every backend.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+#: JSON that is JSONB on Postgres (indexable, queryable with ->>) and JSON elsewhere.
+JSONDoc = JSON().with_variant(JSONB(), "postgresql")
+TZ = DateTime(timezone=True)
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("sha256", Text, nullable=False),
+    Column("sklearn_version", Text, nullable=False),
+    Column("task", Text, nullable=False),  # 'classifier' | 'regressor'
+    Column("estimator", Text, nullable=False),  # class name, e.g. 'Pipeline'
+    Column("classes", JSONDoc, nullable=True),  # list of labels as strings, classifiers only
+    Column("n_features", Integer, nullable=False),
+    Column("feature_names", JSONDoc, nullable=True),  # list of str when fitted on a DataFrame
+    Column("has_proba", Integer, nullable=False),  # 1 when predict_proba is available
+    Column("artifact", Text, nullable=False),  # path relative to the model store
+    Column("size_bytes", Integer, nullable=False),
+    Column("created_at", TZ, nullable=False),
+)
+
+model_aliases = Table(
+    "model_aliases",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("alias", Text, primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("updated_at", TZ, nullable=False),
+    ForeignKeyConstraint(["name", "version"], ["model_versions.name", "model_versions.version"]),
+)
+
+predictions = Table(
+    "predictions",
+    metadata,
+    Column("job_id", Text, primary_key=True),
+    Column("run_id", Text, nullable=True),
+    Column("key", Text, nullable=True),
+    Column("model_name", Text, nullable=False),
+    Column("model_version", Integer, nullable=False),
+    Column("status", Text, nullable=False),  # 'ok' | 'error'
+    Column("label", Text, nullable=True),
+    Column("score", Double, nullable=True),
+    Column("probabilities", JSONDoc, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("submitted_at", TZ, nullable=False),
+    Column("scored_at", TZ, nullable=False),
+    Column("worker", Text, nullable=False),
+    Column("batch_id", Text, nullable=False),
+    Index(None, "model_name", "scored_at"),
+    Index(None, "run_id"),
+)
+
+#: One row per committed message: the idempotency ledger and the lineage/timings of a batch.
+prediction_batches = Table(
+    "prediction_batches",
+    metadata,
+    Column("batch_id", Text, primary_key=True),
+    Column("run_id", Text, nullable=True),
+    Column("model_name", Text, nullable=False),
+    Column("model_version", Integer, nullable=False),
+    Column("worker", Text, nullable=False),
+    Column("n_rows", Integer, nullable=False),
+    Column("n_ok", Integer, nullable=False),
+    Column("n_error", Integer, nullable=False),
+    Column("n_written", Integer, nullable=False),  # rows new to `predictions` (not duplicates)
+    Column("submitted_at", TZ, nullable=False),
+    Column("received_at", TZ, nullable=False),
+    Column("committed_at", TZ, nullable=False),
+    Column("decode_ms", Double, nullable=False),
+    Column("predict_ms", Double, nullable=False),
+    Column("write_ms", Double, nullable=False),
+    Index(None, "model_name", "committed_at"),
+)

@@ -1,0 +1,130 @@
+"""Settings: one pydantic-settings class, read from ``INFERQ_*`` environment variables.
+
+Nothing here runs at import time; call :func:`get_settings` where a process starts.
+With no variables set, inferq runs on the *embedded default*: a kombu filesystem broker
+and an SQLite file under ``INFERQ_HOME`` (``./.inferq``), so ``inferq demo`` works on a
+bare machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of inferq; environment variable = ``INFERQ_`` + field name in capitals."""
+
+    model_config = SettingsConfigDict(env_prefix="INFERQ_", extra="ignore")
+
+    home: Path = Field(
+        default=Path(".inferq"),
+        description="Folder for the embedded broker, SQLite file and default model store.",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker, e.g. redis://:password@127.0.0.1:6379/0 or rediss://...; "
+        "unset = embedded filesystem broker under INFERQ_HOME.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="Results database, e.g. postgresql://user:pw@host/db; "
+        "unset = embedded SQLite file under INFERQ_HOME.",
+    )
+    model_store: Path | None = Field(
+        default=None,
+        description="Directory holding registered model artifacts; unset = INFERQ_HOME/models.",
+    )
+    batch_size: int = Field(
+        default=1000, ge=1, le=100_000, description="Rows per message sent by the producer."
+    )
+    max_submit_rows: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Largest number of rows one submit() call accepts (refused before Redis).",
+    )
+    online_queue: str = "online"
+    bulk_queue: str = "bulk"
+    preload: str | None = Field(
+        default=None,
+        description="Models the worker loads before forking, comma separated NAME:ALIAS or "
+        "NAME@VERSION; unset = every model's 'production' alias.",
+    )
+    max_loaded_models: int = Field(
+        default=8, ge=1, description="Per-process cache of models loaded on demand."
+    )
+    # Reliability knobs (see RELIABILITY.md). The visibility timeout must exceed the task
+    # hard time limit, or Redis re-delivers a message that is still being worked on.
+    visibility_timeout: int = Field(default=900, ge=30)
+    task_time_limit: int = Field(default=600, ge=5)
+    write_retries: int = Field(
+        default=20, ge=0, description="Celery-level retries of a failed result write."
+    )
+    prefetch_multiplier: int = Field(default=1, ge=1)
+    poll_interval: float = Field(
+        default=0.05, gt=0, description="Seconds between result polls in wait()."
+    )
+
+    @field_validator("broker_url", "database_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """Treat an empty variable (``INFERQ_BROKER_URL=``) as unset."""
+        return None if value == "" else value
+
+    @field_validator("visibility_timeout")
+    @classmethod
+    def _visibility_above_limit(cls, value: int, info: object) -> int:
+        limit = getattr(info, "data", {}).get("task_time_limit")
+        if limit is not None and value <= limit:
+            raise ValueError(
+                f"visibility_timeout ({value}s) must be larger than task_time_limit ({limit}s)"
+            )
+        return value
+
+    # ----- derived values -------------------------------------------------------------
+    @property
+    def home_dir(self) -> Path:
+        """Absolute INFERQ_HOME."""
+        return self.home.expanduser().resolve()
+
+    @property
+    def model_store_dir(self) -> Path:
+        """Absolute model store directory."""
+        return (self.model_store or self.home_dir / "models").expanduser().resolve()
+
+    @property
+    def embedded_broker(self) -> bool:
+        """True when no broker is configured and the filesystem broker is used."""
+        return not self.broker_url
+
+    @property
+    def broker_folder(self) -> Path:
+        """Folder of the embedded filesystem broker."""
+        return self.home_dir / "broker"
+
+    @property
+    def effective_broker_url(self) -> str:
+        """The broker URL Celery connects to."""
+        return self.broker_url or "filesystem://"
+
+    @property
+    def effective_database_url(self) -> str:
+        """The SQLAlchemy URL, normalised to the psycopg 3 driver for Postgres."""
+        url = self.database_url or f"sqlite:///{self.home_dir / 'inferq.db'}"
+        for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+    def preload_specs(self) -> list[str] | None:
+        """Parsed INFERQ_PRELOAD, or None for the default (every production alias)."""
+        if self.preload is None:
+            return None
+        return [s.strip() for s in self.preload.split(",") if s.strip()]
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Build settings from the environment (plus explicit overrides); call at process start."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,225 @@
+"""The ``inferq`` command line: a thin layer over the packages (same things callable from Python)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from common.errors import InferqError
+from common.settings import Settings, get_settings
+
+app = typer.Typer(
+    help="inferq: asynchronous batch inference for scikit-learn models "
+    "(Redis + Celery workers -> Postgres `predictions`).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="Register, list and promote model versions.", no_args_is_help=True)
+db_app = typer.Typer(help="Results database migrations (Alembic).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(db_app, name="db")
+
+console = Console()
+err_console = Console(stderr=True)
+
+JSON_OPT = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table.")
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _engine(settings: Settings) -> Any:
+    from common.db import make_engine
+
+    return make_engine(settings)
+
+
+# ----- models ----------------------------------------------------------------------------
+@models_app.command("register")
+def models_register(
+    path: Path = typer.Argument(..., help="joblib file of a fitted scikit-learn estimator."),
+    name: str = typer.Option(..., "--name", "-n", help="Model name (letters, digits . _ -)."),
+    alias: str | None = typer.Option(
+        None, "--alias", "-a", help="Also point this alias (e.g. production) at the new version."
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Register PATH as the next version of NAME (copied into the model store, sha256 recorded)."""
+    from models import registry
+
+    settings = get_settings()
+    mv = registry.register(_engine(settings), settings.model_store_dir, path, name, alias)
+    if as_json:
+        _print_json(mv.to_json())
+    else:
+        console.print(
+            f"registered [bold]{mv.ref}[/] ({mv.estimator}, {mv.task}, {mv.n_features} features"
+            f"{', aliases: ' + ', '.join(mv.aliases) if mv.aliases else ''})"
+        )
+
+
+@models_app.command("list")
+def models_list(
+    name: str | None = typer.Argument(None, help="Only this model."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """List registered model versions and their aliases."""
+    from models import registry
+
+    versions = registry.list_models(_engine(get_settings()), name)
+    if as_json:
+        _print_json([mv.to_json() for mv in versions])
+        return
+    table = Table("name", "version", "aliases", "estimator", "task", "features", "sha256", "created")
+    for mv in versions:
+        table.add_row(
+            mv.name,
+            str(mv.version),
+            ", ".join(mv.aliases),
+            mv.estimator,
+            mv.task,
+            str(mv.n_features),
+            mv.sha256[:12],
+            mv.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
+    console.print(table if versions else "no models registered (see `inferq models register`)")
+
+
+@models_app.command("promote")
+def models_promote(
+    name: str = typer.Argument(..., help="Model name."),
+    version: int = typer.Argument(..., help="Version to point the alias at."),
+    alias: str = typer.Option("production", "--alias", "-a", help="Alias to move."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Point an alias (default production) of NAME at VERSION."""
+    from models import registry
+
+    mv = registry.promote(_engine(get_settings()), name, version, alias)
+    if as_json:
+        _print_json(mv.to_json())
+    else:
+        console.print(f"{name}:{alias} -> [bold]{mv.ref}[/]")
+
+
+# ----- db --------------------------------------------------------------------------------
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: str = typer.Argument("head", help="Target revision."),
+) -> None:
+    """Apply migrations (same as `alembic upgrade head`)."""
+    import migrations
+
+    settings = get_settings()
+    migrations.upgrade(settings, revision)
+    console.print(f"database at revision {migrations.current_revision(settings)}")
+
+
+@db_app.command("current")
+def db_current(as_json: bool = JSON_OPT) -> None:
+    """Show the database's migration revision and the newest one shipped."""
+    import migrations
+
+    settings = get_settings()
+    data = {
+        "current": migrations.current_revision(settings),
+        "head": migrations.head_revision(settings),
+    }
+    data["up_to_date"] = data["current"] == data["head"]
+    if as_json:
+        _print_json(data)
+    else:
+        console.print(f"current: {data['current']}  head: {data['head']}")
+
+
+# ----- worker ----------------------------------------------------------------------------
+@app.command("worker")
+def worker(
+    concurrency: int | None = typer.Option(
+        None, "--concurrency", "-c", help="Worker processes (default: number of CPUs)."
+    ),
+    queues: str | None = typer.Option(
+        None, "--queues", "-Q", help="Comma-separated queues (default: online,bulk)."
+    ),
+    hostname: str | None = typer.Option(None, "--hostname", "-n", help="Node name."),
+    loglevel: str = typer.Option("info", "--loglevel", "-l", help="Log level."),
+    pool: str = typer.Option("prefork", "--pool", "-P", help="Celery pool (prefork, solo...)."),
+) -> None:
+    """Start a worker (same as `celery -A workers.app worker`) with models preloaded."""
+    from workers.app import app as celery_app
+
+    settings = celery_app.inferq_settings
+    argv = [
+        "worker",
+        f"--loglevel={loglevel}",
+        f"--pool={pool}",
+        f"--queues={queues or f'{settings.online_queue},{settings.bulk_queue}'}",
+    ]
+    if concurrency:
+        argv.append(f"--concurrency={concurrency}")
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    celery_app.worker_main(argv)
+
+
+# ----- demo ------------------------------------------------------------------------------
+@app.command("demo")
+def demo(
+    rows: int = typer.Option(3000, "--rows", min=10, max=1_000_000, help="Rows to score."),
+    concurrency: int = typer.Option(2, "--concurrency", "-c", min=1, help="Worker processes."),
+    timeout: float = typer.Option(180.0, "--timeout", help="Seconds to wait for results."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Run the whole pipeline once: train, register, start a worker, submit, wait, show results."""
+    from inferq.demo import run_demo
+
+    summary = run_demo(
+        get_settings(), rows=rows, concurrency=concurrency, timeout=timeout, quiet=as_json
+    )
+    if as_json:
+        _print_json(summary)
+
+
+@app.command("config")
+def config(as_json: bool = JSON_OPT) -> None:
+    """Show the effective settings (passwords masked)."""
+    settings = get_settings()
+    data = {
+        "broker": _mask(settings.effective_broker_url),
+        "database": _mask(settings.effective_database_url),
+        "model_store": str(settings.model_store_dir),
+        "home": str(settings.home_dir),
+        "batch_size": settings.batch_size,
+        "queues": [settings.online_queue, settings.bulk_queue],
+        "embedded": settings.embedded_broker or not settings.database_url,
+    }
+    if as_json:
+        _print_json(data)
+    else:
+        for key, value in data.items():
+            console.print(f"[bold]{key}[/]: {value}")
+
+
+def _mask(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def main() -> None:
+    """Console-script entry point: inferq errors become a one-line message and exit code 2."""
+    try:
+        app()
+    except InferqError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        raise SystemExit(2) from None

@@ -1,0 +1,239 @@
+"""Model registry: versions and aliases in the database, artifacts in the model store.
+
+Reading (``resolve``, ``list_models``) needs only SQLAlchemy, so the producer can use it
+without importing scikit-learn. Writing (``register``) and ``load`` import
+:mod:`models.artifacts`, which imports scikit-learn lazily.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy.exc import IntegrityError as SAIntegrityError
+
+from common.contract import check_name
+from common.errors import ModelNotFound
+from common.schema import model_aliases, model_versions
+
+DEFAULT_ALIAS = "production"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersion:
+    """One registered version of a model (a row of `model_versions`, plus its aliases)."""
+
+    name: str
+    version: int
+    sha256: str
+    sklearn_version: str
+    task: str
+    estimator: str
+    classes: list[str] | None
+    n_features: int
+    feature_names: list[str] | None
+    has_proba: bool
+    artifact: str
+    size_bytes: int
+    created_at: dt.datetime
+    aliases: list[str] = field(default_factory=list)
+
+    @property
+    def ref(self) -> str:
+        """``name@version``, the way inferq prints a model version."""
+        return f"{self.name}@{self.version}"
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict (for ``--json`` output)."""
+        data = asdict(self)
+        data["created_at"] = self.created_at.isoformat()
+        return data
+
+
+def _row_to_mv(row: Any, aliases: list[str] | None = None) -> ModelVersion:
+    m = row._mapping
+    return ModelVersion(
+        name=m["name"],
+        version=m["version"],
+        sha256=m["sha256"],
+        sklearn_version=m["sklearn_version"],
+        task=m["task"],
+        estimator=m["estimator"],
+        classes=m["classes"],
+        n_features=m["n_features"],
+        feature_names=m["feature_names"],
+        has_proba=bool(m["has_proba"]),
+        artifact=m["artifact"],
+        size_bytes=m["size_bytes"],
+        created_at=m["created_at"],
+        aliases=sorted(aliases or []),
+    )
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def parse_ref(ref: str) -> tuple[str, int | None, str | None]:
+    """Parse ``NAME``, ``NAME@VERSION`` or ``NAME:ALIAS`` into (name, version, alias)."""
+    if "@" in ref:
+        name, _, ver = ref.partition("@")
+        if not ver.isdigit():
+            raise ModelNotFound(ref)
+        return check_name(name), int(ver), None
+    if ":" in ref:
+        name, _, alias = ref.partition(":")
+        return check_name(name), None, check_name(alias, "alias")
+    return check_name(ref), None, DEFAULT_ALIAS
+
+
+def get_version(engine: Engine, name: str, version: int) -> ModelVersion:
+    """The registered version ``name@version``; raises ModelNotFound."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(model_versions).where(
+                model_versions.c.name == name, model_versions.c.version == version
+            )
+        ).first()
+        if row is None:
+            raise ModelNotFound(name, version=version)
+        aliases = conn.execute(
+            select(model_aliases.c.alias).where(
+                model_aliases.c.name == name, model_aliases.c.version == version
+            )
+        ).scalars()
+        return _row_to_mv(row, list(aliases))
+
+
+def resolve(
+    engine: Engine, name: str, version: int | None = None, alias: str | None = DEFAULT_ALIAS
+) -> ModelVersion:
+    """Resolve a pinned version, or an alias (default ``production``), to a ModelVersion."""
+    check_name(name)
+    if version is not None:
+        return get_version(engine, name, int(version))
+    alias = check_name(alias or DEFAULT_ALIAS, "alias")
+    with engine.connect() as conn:
+        found = conn.execute(
+            select(model_aliases.c.version).where(
+                model_aliases.c.name == name, model_aliases.c.alias == alias
+            )
+        ).scalar()
+        if found is None:
+            exists = conn.execute(
+                select(func.count())
+                .select_from(model_versions)
+                .where(model_versions.c.name == name)
+            ).scalar()
+            raise ModelNotFound(name, alias=alias) if exists else ModelNotFound(name)
+    return get_version(engine, name, found)
+
+
+def list_models(engine: Engine, name: str | None = None) -> list[ModelVersion]:
+    """Every registered version (optionally of one model), newest first per model."""
+    with engine.connect() as conn:
+        query = select(model_versions).order_by(model_versions.c.name, model_versions.c.version)
+        alias_q = select(model_aliases)
+        if name is not None:
+            query = query.where(model_versions.c.name == name)
+            alias_q = alias_q.where(model_aliases.c.name == name)
+        aliases: dict[tuple[str, int], list[str]] = {}
+        for a in conn.execute(alias_q):
+            aliases.setdefault((a.name, a.version), []).append(a.alias)
+        return [_row_to_mv(r, aliases.get((r.name, r.version))) for r in conn.execute(query)]
+
+
+def alias_targets(engine: Engine, alias: str = DEFAULT_ALIAS) -> list[tuple[str, int]]:
+    """(name, version) of every model that has ``alias`` (the worker's default preload set)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(model_aliases.c.name, model_aliases.c.version).where(
+                model_aliases.c.alias == alias
+            )
+        )
+        return [(r.name, r.version) for r in rows]
+
+
+def promote(engine: Engine, name: str, version: int, alias: str = DEFAULT_ALIAS) -> ModelVersion:
+    """Point ``alias`` of model ``name`` at ``version`` (creating the alias if needed)."""
+    check_name(alias, "alias")
+    get_version(engine, name, version)  # raises ModelNotFound
+    with engine.begin() as conn:
+        changed = conn.execute(
+            update(model_aliases)
+            .where(model_aliases.c.name == name, model_aliases.c.alias == alias)
+            .values(version=version, updated_at=_now())
+        ).rowcount
+        if not changed:
+            conn.execute(
+                insert(model_aliases).values(
+                    name=name, alias=alias, version=version, updated_at=_now()
+                )
+            )
+    return get_version(engine, name, version)
+
+
+def register(
+    engine: Engine, model_store: Path, path: Path, name: str, alias: str | None = None
+) -> ModelVersion:
+    """Register a joblib file of a fitted estimator as the next version of ``name``."""
+    import sklearn
+
+    from models.artifacts import read_artifact, sha256_file
+
+    check_name(name)
+    if alias is not None:
+        check_name(alias, "alias")
+    _, info = read_artifact(Path(path))
+    for _attempt in range(5):  # a concurrent register may take the same number: try the next
+        with engine.connect() as conn:
+            latest = conn.execute(
+                select(func.max(model_versions.c.version)).where(model_versions.c.name == name)
+            ).scalar()
+        version = (latest or 0) + 1
+        rel = Path(name) / str(version) / "model.joblib"
+        dest = model_store / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_suffix(".tmp")
+        shutil.copyfile(path, tmp)
+        digest = sha256_file(tmp)
+        try:
+            with engine.begin() as conn:
+                conn.execute(
+                    insert(model_versions).values(
+                        name=name,
+                        version=version,
+                        sha256=digest,
+                        sklearn_version=sklearn.__version__,
+                        task=info.task,
+                        estimator=info.estimator,
+                        classes=info.classes,
+                        n_features=info.n_features,
+                        feature_names=info.feature_names,
+                        has_proba=int(info.has_proba),
+                        artifact=rel.as_posix(),
+                        size_bytes=tmp.stat().st_size,
+                        created_at=_now(),
+                    )
+                )
+        except SAIntegrityError:
+            tmp.unlink(missing_ok=True)
+            continue
+        tmp.replace(dest)
+        break
+    else:
+        raise RuntimeError(f"could not allocate a version number for {name!r}")
+    if alias is not None:
+        return promote(engine, name, version, alias)
+    return get_version(engine, name, version)
+
+
+def load(model_store: Path, mv: ModelVersion) -> Any:
+    """Load a registered version's estimator, verifying sha256 and scikit-learn version first."""
+    from models.artifacts import load_verified
+
+    return load_verified(model_store / mv.artifact, mv.sha256, mv.sklearn_version)

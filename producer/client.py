@@ -1,0 +1,214 @@
+"""InferenceClient: submit rows for scoring and read their results. Never imports scikit-learn.
+
+>>> client = InferenceClient.from_env()
+>>> ids = client.submit("churn", rows, keys=customer_ids)
+>>> results = client.wait(ids, timeout=60)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Engine
+
+from common import contract
+from common.celery import InferqCelery, create_celery
+from common.db import make_engine
+from common.errors import EnqueueError, InvalidInput, ResultsTimeout
+from common.settings import Settings, get_settings
+from models import registry
+from producer.encoding import to_matrix
+from producer.results import Result, fetch_results
+
+
+class InferenceClient:
+    """Publishes score messages to the broker and reads results from the results database."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        app: InferqCelery | None = None,
+        engine: Engine | None = None,
+    ) -> None:
+        self.settings = settings
+        self.app = app or create_celery(settings)
+        self._engine = engine
+
+    @classmethod
+    def from_env(cls) -> InferenceClient:
+        """A client configured from ``INFERQ_*`` environment variables."""
+        return cls(get_settings())
+
+    @property
+    def engine(self) -> Engine:
+        """The results/registry database engine (created on first use)."""
+        if self._engine is None:
+            self._engine = make_engine(self.settings)
+        return self._engine
+
+    def close(self) -> None:
+        """Release broker and database connections."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+        self.app.close()
+
+    def __enter__(self) -> InferenceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----- submit ---------------------------------------------------------------------
+    def resolve(
+        self, model: str, version: int | None = None, alias: str | None = "production"
+    ) -> registry.ModelVersion:
+        """The registered version a submission goes to (pinned version, else the alias)."""
+        return registry.resolve(self.engine, model, version, alias)
+
+    def build_batches(
+        self,
+        model: str,
+        rows: Any,
+        *,
+        version: int | None = None,
+        alias: str | None = "production",
+        job_ids: Sequence[str] | None = None,
+        keys: Sequence[Any] | None = None,
+        run_id: str | None = None,
+    ) -> list[contract.Batch]:
+        """Validate and encode a submission into messages of ``batch_size`` rows (no broker I/O)."""
+        mv = self.resolve(model, version, alias)
+        x, row_errors = to_matrix(rows, mv.n_features, mv.feature_names, mv.ref)
+        n = x.shape[0]
+        if n == 0:
+            raise InvalidInput("no rows to submit (got 0 rows)")
+        if n > self.settings.max_submit_rows:
+            from common.errors import TooManyRows
+
+            raise TooManyRows(n, self.settings.max_submit_rows)
+        ids = _check_job_ids(job_ids, n)
+        key_list = _check_keys(keys, n)
+        now = time.time()
+        size = self.settings.batch_size
+        batches = []
+        for start in range(0, n, size):
+            stop = min(start + size, n)
+            batches.append(
+                contract.Batch(
+                    model=mv.name,
+                    version=mv.version,
+                    job_ids=ids[start:stop],
+                    x=x[start:stop],
+                    keys=key_list[start:stop] if key_list is not None else None,
+                    row_errors={i - start: m for i, m in row_errors.items() if start <= i < stop},
+                    run_id=run_id,
+                    submitted_at=now,
+                    row_offset=start,
+                )
+            )
+        return batches
+
+    def publish(self, batches: Sequence[contract.Batch], queue: str | None = None) -> list[str]:
+        """Send batches over one broker connection; raises EnqueueError naming what was sent."""
+        queue = queue or self.settings.online_queue
+        sent: list[str] = []
+        try:
+            with self.app.producer_or_acquire() as producer:
+                for batch in batches:
+                    self.app.send_task(
+                        contract.SCORE_BATCH,
+                        kwargs=contract.encode_batch(batch),
+                        queue=queue,
+                        routing_key=queue,
+                        producer=producer,
+                        # Flower and logs show this summary, never the feature payload.
+                        argsrepr="()",
+                        kwargsrepr=batch.describe(),
+                        retry=True,
+                        retry_policy={"max_retries": 3, "interval_start": 0.2,
+                                      "interval_step": 0.5, "interval_max": 2},
+                    )  # fmt: skip
+                    sent.extend(batch.job_ids)
+        except Exception as exc:
+            total = sum(b.n_rows for b in batches)
+            error = EnqueueError(total - len(sent), exc)
+            error.enqueued_job_ids = sent  # type: ignore[attr-defined]
+            raise error from exc
+        return sent
+
+    def submit(
+        self,
+        model: str,
+        rows: Any,
+        *,
+        version: int | None = None,
+        alias: str | None = "production",
+        job_ids: Sequence[str] | None = None,
+        keys: Sequence[Any] | None = None,
+    ) -> list[str]:
+        """Enqueue rows for scoring; returns one job id per row, in row order.
+
+        ``rows``: 2-D numpy array, pandas DataFrame (columns matched to the model's feature
+        names by name), or a list of lists/dicts. ``version`` pins a version, otherwise
+        ``alias`` (default ``production``) is resolved now. ``keys`` are your own row ids,
+        stored in ``predictions.key``. A row that is not numeric is still accepted and
+        answered with an error row; a submission that cannot be read at all raises.
+        """
+        batches = self.build_batches(
+            model, rows, version=version, alias=alias, job_ids=job_ids, keys=keys
+        )
+        return self.publish(batches)
+
+    # ----- results --------------------------------------------------------------------
+    def results(self, job_ids: Sequence[str]) -> list[Result]:
+        """Results available now for ``job_ids``, in the order given (missing ones skipped)."""
+        found = fetch_results(self.engine, job_ids)
+        return [found[j] for j in job_ids if j in found]
+
+    def wait(
+        self, job_ids: Sequence[str], timeout: float = 60.0, poll_interval: float | None = None
+    ) -> list[Result]:
+        """Block until every job has a result (in the order given); ResultsTimeout otherwise."""
+        deadline = time.monotonic() + timeout
+        interval = poll_interval or self.settings.poll_interval
+        found: dict[str, Result] = {}
+        pending = list(dict.fromkeys(job_ids))
+        while True:
+            found.update(fetch_results(self.engine, pending))
+            pending = [j for j in pending if j not in found]
+            if not pending:
+                return [found[j] for j in job_ids]
+            if time.monotonic() >= deadline:
+                raise ResultsTimeout(len(pending), len(set(job_ids)), timeout)
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+            interval = min(interval * 1.5, 1.0)
+
+
+def _check_job_ids(job_ids: Sequence[str] | None, n: int) -> list[str]:
+    if job_ids is None:
+        return [contract.new_id() for _ in range(n)]
+    ids = [contract.check_job_id(j) for j in job_ids]
+    if len(ids) != n:
+        raise InvalidInput(f"got {len(ids)} job ids for {n} rows")
+    if len(set(ids)) != n:
+        from collections import Counter
+
+        dup = Counter(ids).most_common(1)[0][0]
+        raise InvalidInput(f"job id {dup!r} appears more than once in this submission")
+    return ids
+
+
+def _check_keys(keys: Sequence[Any] | None, n: int) -> list[str | None] | None:
+    if keys is None:
+        return None
+    out = [None if k is None else str(k) for k in keys]
+    if len(out) != n:
+        raise InvalidInput(f"got {len(out)} keys for {n} rows")
+    long = next((k for k in out if k is not None and len(k) > contract.MAX_KEY_LEN), None)
+    if long is not None:
+        raise InvalidInput(f"key {long[:40]!r}... is longer than {contract.MAX_KEY_LEN} characters")
+    return out

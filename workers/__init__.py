@@ -1,0 +1,1 @@
+"""inferq workers: ``celery -A workers.app worker`` (or ``inferq worker``)."""

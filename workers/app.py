@@ -1,0 +1,41 @@
+"""The inferq Celery app for workers: ``celery -A workers.app worker`` or ``inferq worker``.
+
+Importing this module reads no settings and opens no connection; configuration is read
+when Celery first needs it, and models are loaded in ``worker_init`` (the parent, before
+the prefork pool forks its children).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.signals import worker_init, worker_process_init
+
+from common.celery import create_celery
+from workers import runtime
+from workers.preload import WorkerRuntime, limit_threads
+
+log = logging.getLogger("inferq.worker")
+
+app = create_celery()
+import workers.tasks  # noqa: E402,F401  (registers the task on this app)
+
+
+@worker_init.connect
+def _preload_models(sender: Any = None, **_: Any) -> None:
+    """Parent process, before fork: pin threads and load models (shared copy-on-write)."""
+    limit_threads()
+    rt = runtime.install(WorkerRuntime(app.inferq_settings))
+    try:
+        loaded = rt.preload()
+    except Exception as exc:  # registry unreachable/unmigrated: serve on demand, say so loudly
+        log.error("model preload failed, models will load on demand per child: %s", exc)
+        return
+    log.info("preloaded %d model(s) before fork: %s", len(loaded), ", ".join(loaded) or "-")
+
+
+@worker_process_init.connect
+def _child_init(**_: Any) -> None:
+    """Each prefork child: keep BLAS/OpenMP at one thread."""
+    limit_threads()

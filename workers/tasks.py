@@ -1,0 +1,110 @@
+"""The Celery task: decode -> validate + predict (pure) -> bulk write -> ack. Kept thin."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from celery import shared_task
+from sqlalchemy.exc import DBAPIError, OperationalError
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from common import contract
+from common.errors import ContractError, TransientError
+from workers import runtime
+from workers.inference import ScoredBatch, error_batch, score_batch
+from workers.results import write_results
+
+log = logging.getLogger("inferq.worker")
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, OperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+@retry(
+    retry=retry_if_exception_type(TransientError),
+    stop=stop_after_attempt(3),
+    wait=wait_exponential(multiplier=0.5, max=4),
+    reraise=True,
+)
+def _write(scored: ScoredBatch, worker: str, received_at: float, decode_ms: float) -> Any:
+    """Write with a few quick in-task retries for short database blips."""
+    try:
+        return write_results(
+            runtime.get().engine, scored, worker, received_at=received_at, decode_ms=decode_ms
+        )
+    except Exception as exc:
+        if _transient(exc):
+            raise TransientError(f"results database unavailable: {exc}") from exc
+        raise
+
+
+def _score(batch: contract.Batch) -> ScoredBatch:
+    """Score a decoded batch, turning a model that cannot be served into error rows."""
+    try:
+        loaded = runtime.get().get_model(batch.model, batch.version)
+    except Exception as exc:  # unknown model/version, artifact refused, unreadable file
+        if _transient(exc):
+            raise TransientError(f"registry unavailable: {exc}") from exc
+        log.error("batch %s: cannot serve model: %s", batch.batch_id, exc)
+        return error_batch(batch, f"model {batch.model}@{batch.version} unavailable: {exc}")
+    return score_batch(loaded.estimator, loaded.info, batch)
+
+
+def _malformed(payload: dict[str, Any], exc: ContractError) -> ScoredBatch:
+    """Answer a message that breaks the contract with error rows (if its job ids are readable)."""
+    job_ids = contract.decode_job_ids(payload)  # raises ContractError if even these are gone
+    import numpy as np
+
+    batch = contract.Batch(
+        model=str(payload.get("model") or "unknown")[:128],
+        version=payload["version"] if isinstance(payload.get("version"), int) else 0,
+        job_ids=job_ids,
+        x=np.zeros((len(job_ids), 0)),
+        batch_id=str(payload.get("batch_id") or contract.new_id()),
+    )
+    return error_batch(batch, f"message rejected: {exc}")
+
+
+@shared_task(bind=True, name=contract.SCORE_BATCH, max_retries=None)
+def score_batch_task(self: Any, **payload: Any) -> dict[str, Any]:
+    """Score one batch message and commit its result rows; acked only after the commit."""
+    received_at = time.time()
+    started = time.perf_counter()
+    try:
+        batch = contract.decode_batch(payload)
+        decode_ms = (time.perf_counter() - started) * 1000
+        scored = _score(batch)
+    except ContractError as exc:
+        log.error("malformed message: %s", exc)
+        scored, decode_ms = _malformed(payload, exc), 0.0
+    except TransientError as exc:
+        raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
+    worker = f"{self.request.hostname or 'local'}:{os.getpid()}"
+    try:
+        report = _write(scored, worker, received_at, decode_ms)
+    except TransientError as exc:
+        if self.request.retries >= runtime.get().settings.write_retries:
+            raise
+        # NOTE: retry() publishes a copy of the message before this one is acked, so the
+        # batch survives even if this process dies right after.
+        raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
+    summary = {
+        "model": f"{scored.model_name}@{scored.model_version}",
+        "rows": scored.batch.n_rows,
+        "ok": scored.n_ok,
+        "errors": scored.n_error,
+        "written": report.n_written,
+        "duplicate": report.duplicate_batch,
+    }
+    log.info("batch %s: %s", scored.batch.batch_id, summary)
+    return summary
+
+
+def _backoff(retries: int) -> float:
+    return float(min(60, 2 ** min(retries, 6)))
