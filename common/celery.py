@@ -58,7 +58,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Flower and the metrics need events.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
-        "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
     }
 

@@ -107,7 +107,7 @@ class Settings(BaseSettings):
     @property
     def effective_broker_url(self) -> str:
         """The broker URL Celery connects to."""
-        return self.broker_url or "filesystem://"
+        return self.broker_url or "filesystem://localhost//"
 
     @property
     def effective_database_url(self) -> str:

@@ -1,4 +1,4 @@
-"""The ``inferq`` command line: a thin layer over the packages (same things callable from Python)."""
+"""The ``inferq`` command line: a thin layer over the packages (all callable from Python)."""
 
 from __future__ import annotations
 
@@ -77,7 +77,9 @@ def models_list(
     if as_json:
         _print_json([mv.to_json() for mv in versions])
         return
-    table = Table("name", "version", "aliases", "estimator", "task", "features", "sha256", "created")
+    table = Table(
+        "name", "version", "aliases", "estimator", "task", "features", "sha256", "created"
+    )
     for mv in versions:
         table.add_row(
             mv.name,

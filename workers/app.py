@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import worker_init, worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_ready
 
 from common.celery import create_celery
 from workers import runtime
@@ -28,11 +28,21 @@ def _preload_models(sender: Any = None, **_: Any) -> None:
     limit_threads()
     rt = runtime.install(WorkerRuntime(app.inferq_settings))
     try:
-        loaded = rt.preload()
+        rt.preload()
     except Exception as exc:  # registry unreachable/unmigrated: serve on demand, say so loudly
-        log.error("model preload failed, models will load on demand per child: %s", exc)
-        return
-    log.info("preloaded %d model(s) before fork: %s", len(loaded), ", ".join(loaded) or "-")
+        rt.preload_error = f"{type(exc).__name__}: {exc}"
+
+
+@worker_ready.connect
+def _report_preload(**_: Any) -> None:
+    """Log what was preloaded (logging is only configured after worker_init has run)."""
+    rt = runtime.get()
+    if rt.preload_error:
+        log.error("model preload failed, models load on demand per child: %s", rt.preload_error)
+    for ref, reason in rt.preload_failures.items():
+        log.error("could not preload %s (its messages get error rows): %s", ref, reason)
+    refs = rt.preloaded_refs
+    log.info("preloaded %d model(s) before fork: %s", len(refs), ", ".join(refs) or "-")
 
 
 @worker_process_init.connect

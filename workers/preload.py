@@ -56,6 +56,8 @@ class WorkerRuntime:
         self._engine: Engine | None = None
         self._engine_pid = 0
         self._lock = threading.Lock()
+        self.preload_error: str | None = None
+        self.preload_failures: dict[str, str] = {}
 
     @property
     def engine(self) -> Engine:
@@ -100,7 +102,7 @@ class WorkerRuntime:
             except Exception as exc:
                 # A broken artifact must not stop the worker serving the other models; its
                 # messages get error rows with this same message when they arrive.
-                log.error("could not preload %s: %s", mv.ref, exc)
+                self.preload_failures[mv.ref] = str(exc)
         # IMPORTANT: close the parent's connections before fork; children open their own.
         if self._engine is not None:
             self._engine.dispose()

@@ -1,0 +1,108 @@
+"""Pure scoring with real scikit-learn models: validation messages and output mapping."""
+
+import numpy as np
+import pytest
+
+from common.contract import Batch
+from models.artifacts import inspect_estimator
+from workers.inference import ModelInfo, error_batch, score_batch, validate
+
+
+def info_for(model, name="m", version=1) -> ModelInfo:
+    meta = inspect_estimator(model)
+    steps = getattr(model, "steps", None)
+    return ModelInfo(
+        name=name,
+        version=version,
+        task=meta.task,
+        n_features=meta.n_features,
+        feature_names=meta.feature_names,
+        classes=meta.classes,
+        has_proba=meta.has_proba,
+        final_estimator=type(steps[-1][1] if steps else model).__name__,
+    )
+
+
+def batch_of(x, **kw) -> Batch:
+    x = np.asarray(x, dtype=np.float64)
+    return Batch(model="m", version=1, job_ids=[f"j{i}" for i in range(len(x))], x=x, **kw)
+
+
+def test_binary_scores_are_probability_of_second_class(binary_model):
+    x = binary_model.x.to_numpy()[:50]
+    scored = score_batch(binary_model.model, info_for(binary_model.model), batch_of(x))
+    expected_proba = binary_model.model.predict_proba(binary_model.x.iloc[:50])
+    assert scored.status == ["ok"] * 50
+    assert scored.label == [str(v) for v in binary_model.model.predict(binary_model.x.iloc[:50])]
+    assert scored.score == expected_proba[:, 1].tolist()
+    assert scored.probabilities[3] == {"0": expected_proba[3, 0], "1": expected_proba[3, 1]}
+
+
+def test_multiclass_score_is_probability_of_predicted_label(multiclass_model):
+    model, x = multiclass_model.model, multiclass_model.x
+    scored = score_batch(model, info_for(model), batch_of(x))
+    proba = model.predict_proba(x)
+    assert scored.label == model.predict(x).tolist()
+    idx = [list(model.classes_).index(lbl) for lbl in scored.label]
+    assert scored.score == proba[np.arange(len(x)), idx].tolist()
+    assert set(scored.probabilities[0]) == {"setosa", "versicolor", "virginica"}
+
+
+def test_regressor_score_is_predicted_value(regressor_model):
+    model, x = regressor_model.model, regressor_model.x
+    scored = score_batch(model, info_for(model), batch_of(x[:20]))
+    assert scored.score == model.predict(x[:20]).tolist()
+    assert scored.label == [None] * 20 and scored.probabilities == [None] * 20
+
+
+def test_bad_rows_get_messages_and_the_rest_is_scored(regressor_model):
+    model, x = regressor_model.model, np.array(regressor_model.x[:6], dtype=float)
+    x[1, 2] = np.nan
+    x[3, 0] = np.inf
+    x[4, 9] = -np.inf
+    x[4, 5] = np.nan
+    batch = batch_of(x, row_offset=100, row_errors={5: "row 105: column 1 is missing (None)"})
+    scored = score_batch(model, info_for(model), batch)
+    assert scored.status == ["ok", "error", "ok", "error", "error", "error"]
+    assert scored.error[1] == "row 101: column 2 is NaN (missing)"
+    assert scored.error[3] == "row 103: column 0 is +inf"
+    assert scored.error[4] == "row 104: column 5 is NaN (missing) (and 1 more non-finite value)"
+    assert scored.error[5] == "row 105: column 1 is missing (None)"
+    good = x[[0, 2]]
+    assert [scored.score[0], scored.score[2]] == model.predict(good).tolist()
+
+
+def test_wrong_width_makes_every_row_an_error(binary_model):
+    info = info_for(binary_model.model)
+    errors = validate(batch_of(np.zeros((3, 29))), info)
+    assert errors[2] == "row 2: expected 30 features, got 29"
+    scored = score_batch(binary_model.model, info, batch_of(np.zeros((3, 29))))
+    assert scored.n_error == 3 and scored.n_ok == 0
+
+
+def test_named_features_appear_in_messages(binary_model):
+    x = binary_model.x.to_numpy()[:2].copy()
+    x[1, 3] = np.nan
+    errors = validate(batch_of(x), info_for(binary_model.model))
+    assert errors == {1: "row 1: feature 'mean area' (column 3) is NaN (missing)"}
+
+
+def test_argmax_shortcut_equals_predict_for_forests(multiclass_model):
+    model = multiclass_model.model
+    info = info_for(model)
+    assert info.final_estimator == "RandomForestClassifier"
+    rng = np.random.default_rng(1)
+    x = rng.normal(3, 2, size=(500, 4))
+    assert score_batch(model, info, batch_of(x)).label == model.predict(x).tolist()
+
+
+def test_error_batch_answers_every_job():
+    scored = error_batch(batch_of(np.zeros((4, 2))), "model m@1 unavailable: gone")
+    assert scored.status == ["error"] * 4 and scored.error == ["model m@1 unavailable: gone"] * 4
+
+
+@pytest.mark.parametrize("n", [1, 7])
+def test_all_rows_invalid_skips_the_model_call(multiclass_model, n):
+    x = np.full((n, 4), np.nan)
+    scored = score_batch(multiclass_model.model, info_for(multiclass_model.model), batch_of(x))
+    assert scored.n_error == n

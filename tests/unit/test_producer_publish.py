@@ -1,0 +1,100 @@
+"""Producer publishing, checked on the wire with fakeredis (our own logic, no worker)."""
+
+import base64
+import json
+import uuid
+
+import fakeredis
+import msgpack
+import numpy as np
+import pytest
+from kombu.transport import redis as kombu_redis
+
+from common.db import make_engine
+from common.errors import EnqueueError, InvalidInput, ModelNotFound, TooManyRows
+from models import registry
+from producer import InferenceClient
+
+
+@pytest.fixture
+def client(sqlite_settings, regressor_model, monkeypatch):
+    # A host of its own per test: fakeredis keys its in-memory servers by host:port.
+    host = f"fake-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setattr(kombu_redis.Channel, "connection_class", fakeredis.FakeRedisConnection)
+    settings = sqlite_settings.model_copy(
+        update={"broker_url": f"redis://{host}:6379/0", "batch_size": 4}
+    )
+    engine = make_engine(settings)
+    registry.register(
+        engine, settings.model_store_dir, regressor_model.path, "reg", alias="production"
+    )
+    c = InferenceClient(settings, engine=engine)
+    c.fake = fakeredis.FakeRedis(host=host, port=6379, db=0)
+    yield c
+    c.close()
+
+
+def _messages(c):
+    raw = c.fake.lrange(c.settings.online_queue, 0, -1)
+    return [json.loads(m) for m in reversed(raw)]  # LPUSH: newest first
+
+
+def test_submit_splits_into_msgpack_messages_with_raw_float_bytes(client, regressor_model):
+    x = np.asarray(regressor_model.x[:10])
+    ids = client.submit("reg", x, keys=list(range(10)))
+    msgs = _messages(client)
+    assert len(ids) == 10 and len(set(ids)) == 10
+    assert [m["headers"]["task"] for m in msgs] == ["inferq.score_batch"] * 3  # 4 + 4 + 2 rows
+    for m in msgs:
+        assert m["content-type"] == "application/x-msgpack"
+        assert "pickle" not in m["content-type"]
+        # Flower/logs see only the summary, never feature values.
+        assert m["headers"]["kwargsrepr"].startswith("model=reg version=1 rows=")
+        assert m["headers"]["argsrepr"] == "()"
+    _args, kwargs, _embed = msgpack.unpackb(base64.b64decode(msgs[1]["body"]), raw=False)
+    assert isinstance(kwargs["x"], bytes) and kwargs["shape"] == [4, 10]
+    np.testing.assert_array_equal(np.frombuffer(kwargs["x"], "<f8").reshape(4, 10), x[4:8])
+    assert kwargs["job_ids"] == ids[4:8] and kwargs["keys"] == ["4", "5", "6", "7"]
+    assert kwargs["row_offset"] == 4 and kwargs["version"] == 1
+
+
+def test_bad_rows_are_enqueued_with_their_messages(client):
+    rows = [[0.1] * 10, [0.1] * 9, [0.1] * 9 + ["x"]]
+    client.submit("reg", rows)
+    (msg,) = _messages(client)
+    _a, kwargs, _e = msgpack.unpackb(base64.b64decode(msg["body"]), raw=False)
+    assert kwargs["err_rows"] == [1, 2]
+    assert kwargs["err_msgs"] == [
+        "row 1: expected 10 features, got 9",
+        "row 2: column 9 has a non-numeric value 'x' (text)",
+    ]
+
+
+def test_submission_errors_raise_before_anything_is_sent(client):
+    x = np.zeros((3, 10))
+    with pytest.raises(ModelNotFound):
+        client.submit("nope", x)
+    with pytest.raises(ModelNotFound, match="version 7"):
+        client.submit("reg", x, version=7)
+    with pytest.raises(InvalidInput, match="0 rows"):
+        client.submit("reg", np.zeros((0, 10)))
+    with pytest.raises(InvalidInput, match="2 job ids for 3 rows"):
+        client.submit("reg", x, job_ids=["a", "b"])
+    with pytest.raises(InvalidInput, match="'a' appears more than once"):
+        client.submit("reg", x, job_ids=["a", "b", "a"])
+    with pytest.raises(InvalidInput, match="2 keys for 3 rows"):
+        client.submit("reg", x, keys=[1, 2])
+    client.settings = client.settings.model_copy(update={"max_submit_rows": 2})
+    with pytest.raises(TooManyRows, match="exceeds the limit of 2 rows"):
+        client.submit("reg", x)
+    assert _messages(client) == []
+
+
+def test_broker_failure_is_reported_not_swallowed(sqlite_settings, regressor_model):
+    settings = sqlite_settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
+    engine = make_engine(settings)
+    registry.register(engine, settings.model_store_dir, regressor_model.path, "reg", "production")
+    with InferenceClient(settings, engine=engine) as client, pytest.raises(EnqueueError) as info:
+        client.submit("reg", np.zeros((2, 10)))
+    assert "could not enqueue 2 job(s)" in str(info.value)
+    assert info.value.enqueued_job_ids == []
