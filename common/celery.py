@@ -78,7 +78,9 @@ class InferqCelery(Celery):
 
     def on_configure(self) -> None:
         """Apply inferq's config the first time Celery reads its configuration."""
-        self.conf.update(celery_config(self.inferq_settings))
+        # NOTE: conf.update() here would recurse (conf is being built); a config source is
+        # what Celery's _load_config reads right after this hook.
+        self.config_from_object(celery_config(self.inferq_settings))
 
 
 def create_celery(settings: Settings | None = None) -> InferqCelery:
