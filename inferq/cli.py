@@ -130,11 +130,8 @@ def db_current(as_json: bool = JSON_OPT) -> None:
     import migrations
 
     settings = get_settings()
-    data = {
-        "current": migrations.current_revision(settings),
-        "head": migrations.head_revision(settings),
-    }
-    data["up_to_date"] = data["current"] == data["head"]
+    current, head = migrations.current_revision(settings), migrations.head_revision(settings)
+    data = {"current": current, "head": head, "up_to_date": current == head}
     if as_json:
         _print_json(data)
     else:

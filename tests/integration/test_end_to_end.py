@@ -5,7 +5,6 @@ import pytest
 from sqlalchemy import func, select
 
 from common import contract
-from common.db import make_engine
 from common.schema import predictions
 from models import registry
 from producer import InferenceClient
@@ -100,7 +99,8 @@ def test_bad_rows_get_error_rows_and_the_rest_is_scored(
     results = client.wait(ids + reg_ids, timeout=60)
     by_id = {r.job_id: r for r in results}
     iris = [by_id[i] for i in ids]
-    assert [r.status for r in iris] == ["ok", "error", "ok", "error", "error", "error", "error", "ok"]
+    statuses = ["ok", "error", "ok", "error", "error", "error", "error", "ok"]
+    assert [r.status for r in iris] == statuses
     assert iris[1].error == "row 1: column 2 is NaN (missing)"
     assert iris[3].error == "row 3: expected 4 features, got 3"
     assert iris[4].error == "row 4: column 0 has a non-numeric value 'abc' (text)"
@@ -123,9 +123,7 @@ def test_unknown_model_or_malformed_message_gives_error_rows_not_a_crash_loop(
     worker = start_worker(pg_settings, concurrency=1)
 
     def send(payload):
-        client.app.send_task(
-            contract.SCORE_BATCH, kwargs=payload, queue=pg_settings.online_queue
-        )
+        client.app.send_task(contract.SCORE_BATCH, kwargs=payload, queue=pg_settings.online_queue)
 
     ghost = contract.Batch(model="ghost", version=3, job_ids=["g1", "g2"], x=np.zeros((2, 10)))
     send(contract.encode_batch(ghost))
