@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -59,8 +59,11 @@ class Settings(BaseSettings):
     # hard time limit, or Redis re-delivers a message that is still being worked on.
     visibility_timeout: int = Field(default=900, ge=30)
     task_time_limit: int = Field(default=600, ge=5)
-    write_retries: int = Field(
-        default=20, ge=0, description="Celery-level retries of a failed result write."
+    write_retries: int | None = Field(
+        default=None,
+        ge=0,
+        description="Celery-level retries of a result write that failed because the database "
+        "is unreachable; unset = keep retrying (backoff up to 60 s) until it is back.",
     )
     prefetch_multiplier: int = Field(default=1, ge=1)
     poll_interval: float = Field(
@@ -73,15 +76,16 @@ class Settings(BaseSettings):
         """Treat an empty variable (``INFERQ_BROKER_URL=``) as unset."""
         return None if value == "" else value
 
-    @field_validator("visibility_timeout")
-    @classmethod
-    def _visibility_above_limit(cls, value: int, info: object) -> int:
-        limit = getattr(info, "data", {}).get("task_time_limit")
-        if limit is not None and value <= limit:
+    @model_validator(mode="after")
+    def _visibility_above_limit(self) -> Settings:
+        # IMPORTANT: Redis re-delivers an unacked message after visibility_timeout; a task
+        # allowed to run longer would be executed twice at the same time.
+        if self.visibility_timeout <= self.task_time_limit:
             raise ValueError(
-                f"visibility_timeout ({value}s) must be larger than task_time_limit ({limit}s)"
+                f"INFERQ_VISIBILITY_TIMEOUT ({self.visibility_timeout}s) must be larger than "
+                f"INFERQ_TASK_TIME_LIMIT ({self.task_time_limit}s)"
             )
-        return value
+        return self
 
     # ----- derived values -------------------------------------------------------------
     @property

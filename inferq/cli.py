@@ -217,8 +217,17 @@ def _mask(url: str) -> str:
 
 def main() -> None:
     """Console-script entry point: inferq errors become a one-line message and exit code 2."""
+    from pydantic import ValidationError
+
     try:
         app()
     except InferqError as exc:
         err_console.print(f"[bold red]error:[/] {exc}")
+        raise SystemExit(2) from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"INFERQ_{'_'.join(map(str, e['loc'])).upper() or 'SETTINGS'}: {e['msg']}"
+            for e in exc.errors()
+        )
+        err_console.print(f"[bold red]invalid settings:[/] {problems}")
         raise SystemExit(2) from None

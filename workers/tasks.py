@@ -89,7 +89,8 @@ def score_batch_task(self: Any, **payload: Any) -> dict[str, Any]:
     try:
         report = _write(scored, worker, received_at, decode_ms)
     except TransientError as exc:
-        if self.request.retries >= runtime.get().settings.write_retries:
+        limit = runtime.get().settings.write_retries
+        if limit is not None and self.request.retries >= limit:
             raise
         # NOTE: retry() publishes a copy of the message before this one is acked, so the
         # batch survives even if this process dies right after.

@@ -50,3 +50,13 @@ def test_promote_unknown_version_is_a_clear_error(sqlite_settings):
 def test_db_current_reports_head(sqlite_settings):
     out = run(sqlite_settings, "db", "current", "--json")
     assert json.loads(out.stdout) == {"current": "0001", "head": "0001", "up_to_date": True}
+
+
+def test_bad_setting_is_named(sqlite_settings):
+    env = {**settings_env(sqlite_settings), "INFERQ_BATCH_SIZE": "lots"}
+    out = subprocess.run(
+        [sys.executable, "-m", "inferq", "config"], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 2
+    assert "invalid settings" in out.stderr and "INFERQ_BATCH_SIZE" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -1,0 +1,49 @@
+"""Settings: env prefix, embedded defaults, URL normalisation, safety checks."""
+
+import pytest
+from pydantic import ValidationError
+
+from common.celery import celery_config
+from common.settings import get_settings
+
+
+def test_embedded_default_when_nothing_is_set(monkeypatch, tmp_path):
+    for var in ("INFERQ_BROKER_URL", "INFERQ_DATABASE_URL", "INFERQ_MODEL_STORE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("INFERQ_HOME", str(tmp_path))
+    s = get_settings()
+    assert s.embedded_broker and s.effective_broker_url.startswith("filesystem://")
+    assert s.effective_database_url == f"sqlite:///{tmp_path}/inferq.db"
+    assert s.model_store_dir == tmp_path / "models"
+
+
+def test_env_vars_and_postgres_url_normalisation(monkeypatch):
+    monkeypatch.setenv("INFERQ_BROKER_URL", "rediss://:pw@redis.example:6380/2")
+    monkeypatch.setenv("INFERQ_DATABASE_URL", "postgresql://u:p@db/inferq")
+    monkeypatch.setenv("INFERQ_BATCH_SIZE", "250")
+    s = get_settings()
+    assert s.effective_database_url == "postgresql+psycopg://u:p@db/inferq"
+    assert s.batch_size == 250 and not s.embedded_broker
+    conf = celery_config(s)
+    assert conf["broker_url"] == "rediss://:pw@redis.example:6380/2"
+    assert conf["broker_transport_options"] == {"visibility_timeout": 900}
+
+
+def test_empty_variable_means_unset(monkeypatch):
+    monkeypatch.setenv("INFERQ_BROKER_URL", "")
+    assert get_settings().embedded_broker
+
+
+def test_visibility_timeout_must_exceed_task_time_limit(monkeypatch):
+    monkeypatch.setenv("INFERQ_TASK_TIME_LIMIT", "900")
+    monkeypatch.setenv("INFERQ_VISIBILITY_TIMEOUT", "600")
+    with pytest.raises(ValidationError, match="must be larger than INFERQ_TASK_TIME_LIMIT"):
+        get_settings()
+
+
+def test_safety_critical_celery_settings():
+    conf = celery_config(get_settings(broker_url="redis://x/0"))
+    assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
+    assert conf["accept_content"] == ["msgpack", "json"]
+    assert conf["task_serializer"] == "msgpack"
+    assert conf["task_time_limit"] < conf["broker_transport_options"]["visibility_timeout"]
