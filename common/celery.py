@@ -28,7 +28,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     else:
         # IMPORTANT: unacked messages (a worker died) come back after visibility_timeout;
         # it must be longer than the hard task time limit or live tasks get re-delivered.
-        transport_options = {"visibility_timeout": settings.visibility_timeout}
+        transport_options = {
+            "visibility_timeout": settings.visibility_timeout,
+            # Consume queues in the order given (online before bulk) instead of round-robin,
+            # so a flood of bulk chunks delays an online job by at most one chunk.
+            "queue_order_strategy": "priority",
+        }
     exchange = Exchange("inferq", type="direct")
     return {
         "broker_url": settings.effective_broker_url,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
     DateTime,
     Double,
@@ -104,4 +105,42 @@ prediction_batches = Table(
     Column("predict_ms", Double, nullable=False),
     Column("write_ms", Double, nullable=False),
     Index(None, "model_name", "committed_at"),
+    Index(None, "run_id"),
+)
+
+#: One row per bulk scoring run (`inferq score`).
+scoring_runs = Table(
+    "scoring_runs",
+    metadata,
+    Column("run_id", Text, primary_key=True),
+    Column("model_name", Text, nullable=False),
+    Column("model_version", Integer, nullable=False),  # resolved once, at the start
+    Column("source", Text, nullable=False),  # e.g. "csv:/data/x.csv" or "sql:SELECT ..."
+    Column("id_column", Text, nullable=False),
+    Column("chunk_size", Integer, nullable=False),
+    Column("total_rows", BigInteger, nullable=True),  # known once the input is read
+    Column("n_chunks", Integer, nullable=True),
+    Column("enqueued", BigInteger, nullable=False),
+    Column("scored_ok", BigInteger, nullable=False),
+    Column("scored_error", BigInteger, nullable=False),
+    Column("status", Text, nullable=False),  # enqueuing | running | done | failed
+    Column("error", Text, nullable=True),  # why a run failed
+    Column("max_error_rate", Double, nullable=True),
+    Column("started_at", TZ, nullable=False),
+    Column("updated_at", TZ, nullable=False),
+    Column("finished_at", TZ, nullable=True),
+    Index(None, "started_at"),
+)
+
+#: Per-chunk ledger of a run: what was enqueued; committed = its batch is in prediction_batches.
+scoring_run_chunks = Table(
+    "scoring_run_chunks",
+    metadata,
+    Column("run_id", Text, primary_key=True),
+    Column("chunk_no", Integer, primary_key=True),
+    Column("batch_id", Text, nullable=False, unique=True),
+    Column("first_row", BigInteger, nullable=False),
+    Column("n_rows", Integer, nullable=False),
+    Column("enqueued_at", TZ, nullable=False),
+    ForeignKeyConstraint(["run_id"], ["scoring_runs.run_id"], ondelete="CASCADE"),
 )

@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     batch_size: int = Field(
         default=1000, ge=1, le=100_000, description="Rows per message sent by the producer."
     )
+    bulk_chunk_size: int = Field(
+        default=5000,
+        ge=1,
+        le=100_000,
+        description="Rows per message of `inferq score` runs (bulk queue).",
+    )
     max_submit_rows: int = Field(
         default=1_000_000,
         ge=1,

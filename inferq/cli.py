@@ -168,6 +168,17 @@ def worker(
     celery_app.worker_main(argv)
 
 
+# ----- bulk runs -------------------------------------------------------------------------
+def _register_run_commands() -> None:
+    from inferq import cli_runs
+
+    app.command("score")(cli_runs.score)
+    app.command("runs")(cli_runs.runs)
+
+
+_register_run_commands()
+
+
 # ----- demo ------------------------------------------------------------------------------
 @app.command("demo")
 def demo(

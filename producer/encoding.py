@@ -40,44 +40,45 @@ def _value_problem(value: Any) -> str | None:
 
 
 def _fill_row(
-    x: np.ndarray, i: int, row: Any, names: Sequence[str] | None, width: int
+    x: np.ndarray, i: int, row: Any, names: Sequence[str] | None, width: int, offset: int
 ) -> str | None:
-    """Write one list/dict row into x[i]; return an error message for a bad row."""
+    """Write one list/dict row into x[i]; return an error message (naming row offset+i)."""
+    n = offset + i
     if isinstance(row, dict):
         if not names:
             return (
-                f"row {i}: dict rows need a model fitted with feature names; "
+                f"row {n}: dict rows need a model fitted with feature names; "
                 "send a list of numbers in training column order"
             )
         missing = [n for n in names if n not in row]
         if missing:
-            return f"row {i}: missing feature(s) {', '.join(map(repr, missing[:5]))}"
+            return f"row {n}: missing feature(s) {', '.join(map(repr, missing[:5]))}"
         values: Sequence[Any] = [row[n] for n in names]
     elif isinstance(row, list | tuple | np.ndarray):
         values = row.tolist() if isinstance(row, np.ndarray) else row
         if len(values) != width:
-            return f"row {i}: expected {width} features, got {len(values)}"
+            return f"row {n}: expected {width} features, got {len(values)}"
     else:
-        return f"row {i}: expected a list of numbers or a dict, got {type(row).__name__}"
+        return f"row {n}: expected a list of numbers or a dict, got {type(row).__name__}"
     if not all(type(v) in _NUMERIC_TYPES for v in values):
         for j, v in enumerate(values):
             problem = _value_problem(v)
             if problem:
-                return f"row {i}: {_name(j, names)} {problem}"
+                return f"row {n}: {_name(j, names)} {problem}"
     x[i] = values
     return None
 
 
 def _from_rows(
-    rows: Sequence[Any] | np.ndarray, width: int, names: Sequence[str] | None
+    rows: Sequence[Any] | np.ndarray, width: int, names: Sequence[str] | None, offset: int = 0
 ) -> tuple[np.ndarray, dict[int, str]]:
     x = np.full((len(rows), width), np.nan, dtype=np.float64)
     errors: dict[int, str] = {}
     for i, row in enumerate(rows):
         try:
-            problem = _fill_row(x, i, row, names, width)
+            problem = _fill_row(x, i, row, names, width, offset)
         except (TypeError, ValueError, OverflowError) as exc:
-            problem = f"row {i}: cannot be read as numbers ({exc})"
+            problem = f"row {offset + i}: cannot be read as numbers ({exc})"
         if problem:
             x[i] = np.nan
             errors[i] = problem
@@ -95,9 +96,13 @@ def _is_dataframe(obj: Any) -> bool:
 
 
 def to_matrix(
-    rows: Any, n_features: int, feature_names: Sequence[str] | None, model: str = "model"
+    rows: Any,
+    n_features: int,
+    feature_names: Sequence[str] | None,
+    model: str = "model",
+    offset: int = 0,
 ) -> tuple[np.ndarray, dict[int, str]]:
-    """(float64 matrix of shape (n, n_features or the input's width), per-row error messages)."""
+    """(float64 matrix, {index: message} for bad rows); messages count rows from ``offset``."""
     if _is_dataframe(rows):
         df = rows
         if feature_names:
@@ -109,7 +114,7 @@ def to_matrix(
         _check_width(df.shape[1], n_features, model)
         if all(dt.kind in "biuf" for dt in df.dtypes):
             return df.to_numpy(dtype=np.float64, na_value=np.nan), {}
-        return _from_rows(df.to_numpy(dtype=object), n_features, feature_names)
+        return _from_rows(df.to_numpy(dtype=object), n_features, feature_names, offset)
     if isinstance(rows, np.ndarray):
         if rows.ndim != 2:
             raise InvalidInput(
@@ -119,10 +124,10 @@ def to_matrix(
         _check_width(rows.shape[1], n_features, model)
         if rows.dtype.kind in "biuf":
             return np.ascontiguousarray(rows, dtype=np.float64), {}
-        return _from_rows(rows, n_features, feature_names)
+        return _from_rows(rows, n_features, feature_names, offset)
     if isinstance(rows, str | bytes) or not isinstance(rows, Sequence):
         raise InvalidInput(
             "rows must be a 2-D numpy array, a pandas DataFrame, or a list of rows "
             f"(lists or dicts); got {type(rows).__name__}"
         )
-    return _from_rows(rows, n_features, feature_names)
+    return _from_rows(rows, n_features, feature_names, offset)

@@ -1,0 +1,190 @@
+"""`inferq score` and `inferq runs`: bulk scoring runs from the command line.
+
+Exit codes of `inferq score`: 0 every row answered (error rows included); 1 the run could not
+finish (broker/database failure, --timeout); 2 bad input or usage (nothing enqueued, or the
+run record says why it stopped); 3 the run finished but failed (--max-error-rate exceeded, or
+duplicate ids).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from common.errors import TransientError
+from common.settings import get_settings
+
+console = Console(stderr=True)
+
+
+class RowsPerSecond(TransferSpeedColumn):
+    """rich's speed column, in rows/s instead of bytes/s."""
+
+    def render(self, task: Any) -> Any:
+        from rich.text import Text
+
+        speed = task.finished_speed or task.speed
+        return Text("-" if speed is None else f"{speed:,.0f} rows/s", style="progress.data.speed")
+
+
+def _progress_bar() -> Progress:
+    return Progress(
+        TextColumn("{task.description:<9}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        RowsPerSecond(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def score(
+    model: str = typer.Option(..., "--model", "-m", help="NAME, NAME@VERSION or NAME:ALIAS."),
+    input_path: str | None = typer.Option(None, "--input", "-i", help=".csv or .parquet file."),
+    sql: str | None = typer.Option(None, "--sql", help="SELECT query to score instead of a file."),
+    source_url: str | None = typer.Option(
+        None, "--source-url", help="Database of --sql (default: the results database)."
+    ),
+    id_column: str = typer.Option(..., "--id-column", help="Column of row ids (unique)."),
+    run_id: str | None = typer.Option(
+        None, "--run-id", help="Name the run; the same id again resumes it."
+    ),
+    chunk_size: int | None = typer.Option(
+        None, "--chunk-size", min=1, max=100_000, help="Rows per message (default 5000)."
+    ),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until every row is scored."),
+    timeout: float | None = typer.Option(None, "--timeout", help="Give up waiting after N s."),
+    max_error_rate: float | None = typer.Option(
+        None, "--max-error-rate", min=0.0, max=1.0, help="Fail the run above this error share."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary, no progress bar."),
+) -> None:
+    """Score a CSV/Parquet file or a SQL query in bulk; results land in `predictions`."""
+    from producer import InferenceClient
+    from producer.bulk import BulkScorer, RunFailed
+    from producer.sources import open_source
+
+    settings = get_settings()
+    client = InferenceClient(settings)
+    source = open_source(input_path, sql, source_url, settings.effective_database_url)
+    scorer = BulkScorer(client)
+    run = scorer.prepare(
+        source, model, id_column, run_id=run_id, chunk_size=chunk_size,
+        max_error_rate=max_error_rate,
+    )  # fmt: skip
+    if not as_json:
+        verb = "resuming" if run.resumed else "starting"
+        console.print(
+            f"{verb} run [bold]{run.run_id}[/] with {run.mv.ref} on {source.description}"
+            + (f" ({len(run.committed)} chunks already committed)" if run.committed else "")
+        )
+    bar = None if as_json else _progress_bar()
+    tasks: dict[str, Any] = {}
+
+    def show(p: Any) -> None:
+        if bar is None:
+            return
+        if not tasks:
+            tasks["enqueued"] = bar.add_task("enqueued", total=p.total_rows)
+            tasks["scored"] = bar.add_task("scored", total=p.total_rows)
+        for name, done in (("enqueued", p.enqueued), ("scored", p.scored)):
+            bar.update(tasks[name], completed=done, total=p.total_rows)
+
+    code = 0
+    try:
+        if run.complete:
+            if not as_json:
+                console.print(f"run {run.run_id} is already complete: nothing to send")
+            result = scorer.progress(run.run_id)
+        else:
+            if bar is not None:
+                bar.start()
+            scorer.enqueue(run, show)
+            finished = scorer.wait(run.run_id, show, timeout) if wait else None
+            result = finished or scorer.progress(run.run_id)
+        if result.status == "failed":
+            code = 3
+    except (RunFailed, TransientError) as exc:
+        if bar is not None:
+            bar.stop()
+        console.print(f"[bold red]run {run.run_id} did not finish:[/] {exc}")
+        result, code = scorer.progress(run.run_id), 1
+    finally:
+        if bar is not None:
+            bar.stop()
+        client.close()
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
+    else:
+        _print_summary(result, scorer.error_breakdown(run.run_id) if result.scored_error else [])
+    raise typer.Exit(code)
+
+
+def _print_summary(p: Any, errors: list[tuple[str, int]]) -> None:
+    data = p.to_json()
+    style = {"done": "green", "failed": "red"}.get(p.status, "yellow")
+    console.print(
+        f"run [bold]{p.run_id}[/]: [{style}]{p.status}[/] — {p.scored:,} of "
+        f"{p.total_rows if p.total_rows is not None else '?'} rows scored "
+        f"({p.scored_ok:,} ok, {p.scored_error:,} errors) in {data['seconds']:.1f}s, "
+        f"{data['rows_per_second']:,.0f} rows/s"
+    )
+    if p.error:
+        console.print(f"[red]{p.error}[/]")
+    for message, count in errors:
+        console.print(f"  {count:>8,} rows: {message}")
+
+
+def runs(
+    run_id: str | None = typer.Argument(None, help="Show one run in detail."),
+    limit: int = typer.Option(20, "--limit", help="How many recent runs to list."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List recent bulk runs, or show one (counts, rate, duration, errors by message)."""
+    from producer import InferenceClient
+    from producer.bulk import BulkScorer
+
+    with InferenceClient(get_settings()) as client:
+        scorer = BulkScorer(client)
+        if run_id:
+            p = scorer.progress(run_id)
+            errors = scorer.error_breakdown(run_id)
+            if as_json:
+                data = p.to_json()
+                data["errors_by_message"] = [{"message": m, "rows": n} for m, n in errors]
+                sys.stdout.write(json.dumps(data, indent=2) + "\n")
+            else:
+                _print_summary(p, errors)
+            return
+        listed = scorer.list_runs(limit)
+    if as_json:
+        sys.stdout.write(json.dumps([p.to_json() for p in listed], indent=2) + "\n")
+        return
+    table = Table("run", "model", "status", "rows", "ok", "errors", "rows/s", "started")
+    for p in listed:
+        d = p.to_json()
+        table.add_row(
+            p.run_id, p.model, p.status, f"{p.total_rows or 0:,}", f"{p.scored_ok:,}",
+            f"{p.scored_error:,}", f"{d['rows_per_second']:,.0f}",
+            p.started_at.strftime("%Y-%m-%d %H:%M"),
+        )  # fmt: skip
+    Console().print(table if listed else "no runs yet (see `inferq score --help`)")

@@ -1,0 +1,497 @@
+"""Bulk scoring runs (`inferq score`): stream a source into the bulk queue, resumably.
+
+A run is recorded in `scoring_runs` before its first message is sent. The input is cut into
+chunks of exactly ``chunk_size`` rows (chunk *k* always holds the same rows of the same
+input), each sent as one message with the deterministic batch id ``<run_id>.<k>`` and job ids
+``uuid5(run_id, id value)``. `scoring_run_chunks` records what was enqueued; a chunk counts as
+committed when its batch id is in `prediction_batches`, which the worker writes in the same
+transaction as the result rows. So progress is exact, and re-running the same run id sends
+only the chunks not yet committed; a chunk sent twice is a no-op on the worker.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine, func, insert, select, update
+
+from common import contract
+from common.errors import InferqError, InvalidInput, MissingColumns
+from common.schema import prediction_batches, predictions, scoring_run_chunks, scoring_runs
+from models import registry
+from producer.client import InferenceClient
+from producer.encoding import to_matrix
+from producer.sources import Source
+
+_JOB_NS = uuid.UUID("5b0c6a52-6f1e-4c55-9a55-0d7f3c1e9a11")
+#: Messages published per kombu batch (one Redis pipeline) before the ledger is updated.
+PUBLISH_GROUP = 50
+FINAL = ("done", "failed")
+
+
+class RunFailed(InferqError):
+    """A bulk run ended without every row answered, or with too many error rows."""
+
+
+@dataclass(slots=True)
+class RunProgress:
+    """Where a run stands, read from the database."""
+
+    run_id: str
+    model: str
+    status: str
+    source: str
+    total_rows: int | None
+    enqueued: int
+    scored_ok: int
+    scored_error: int
+    n_chunks: int | None
+    chunks_done: int
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    error: str | None
+
+    @property
+    def scored(self) -> int:
+        """Rows answered so far (ok + error)."""
+        return self.scored_ok + self.scored_error
+
+    @property
+    def complete(self) -> bool:
+        """Every chunk enqueued and committed."""
+        return self.n_chunks is not None and self.chunks_done >= self.n_chunks
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        data = asdict(self)
+        for key in ("started_at", "finished_at"):
+            data[key] = data[key].isoformat() if data[key] else None
+        end = self.finished_at or dt.datetime.now(dt.UTC)
+        seconds = max(1e-9, (end - _aware(self.started_at)).total_seconds())
+        data["seconds"] = round(seconds, 3)
+        data["rows_per_second"] = round(self.scored / seconds, 1)
+        return data
+
+
+def _aware(t: dt.datetime) -> dt.datetime:
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+def job_id_for(run_id: str, row_id: str) -> str:
+    """Deterministic job id of one input row of a run."""
+    return uuid.uuid5(_JOB_NS, f"{run_id}\x00{row_id}").hex
+
+
+def default_run_id(model: str) -> str:
+    """A fresh run id: model name, UTC time and a short random suffix."""
+    return f"{model}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def rechunk(frames: Iterator[pd.DataFrame], size: int) -> Iterator[pd.DataFrame]:
+    """Re-cut a stream of frames into frames of exactly ``size`` rows (the last may be short)."""
+    buffer: list[pd.DataFrame] = []
+    held = 0
+    for frame in frames:
+        buffer.append(frame)
+        held += len(frame)
+        if held < size:
+            continue
+        whole = pd.concat(buffer, ignore_index=True) if len(buffer) > 1 else buffer[0]
+        cut = (held // size) * size
+        for start in range(0, cut, size):
+            yield whole.iloc[start : start + size]
+        buffer = [whole.iloc[cut:]] if held > cut else []
+        held -= cut
+    if held:
+        yield pd.concat(buffer, ignore_index=True) if len(buffer) > 1 else buffer[0]
+
+
+@dataclass(slots=True)
+class Run:
+    """A prepared run: model version pinned, columns checked, chunks already committed."""
+
+    run_id: str
+    mv: registry.ModelVersion
+    source: Source
+    id_column: str
+    feature_columns: list[str]
+    chunk_size: int
+    committed: set[int]
+    resumed: bool
+    complete: bool = False  # a re-run of a run whose chunks are all committed
+
+
+class BulkScorer:
+    """Runs `inferq score` over a Source through an InferenceClient."""
+
+    def __init__(self, client: InferenceClient) -> None:
+        self.client = client
+
+    @property
+    def engine(self) -> Engine:
+        """The results database (where runs and their ledger live)."""
+        return self.client.engine
+
+    # ----- prepare -----------------------------------------------------------------------
+    def prepare(
+        self,
+        source: Source,
+        model_ref: str,
+        id_column: str,
+        *,
+        run_id: str | None = None,
+        chunk_size: int | None = None,
+        max_error_rate: float | None = None,
+    ) -> Run:
+        """Check everything that can be checked before enqueueing; create or resume the run."""
+        existing = self._load_run(run_id) if run_id else None
+        if existing is not None:
+            if existing.source != source.description or existing.id_column != id_column:
+                raise InvalidInput(
+                    f"run {run_id!r} exists with source {existing.source!r} and id column "
+                    f"{existing.id_column!r}; use a new --run-id for a different input"
+                )
+            mv = registry.get_version(self.engine, existing.model_name, existing.model_version)
+            chunk_size = existing.chunk_size  # chunk boundaries must not move on resume
+        else:
+            name, version, alias = registry.parse_ref(model_ref)
+            mv = registry.resolve(self.engine, name, version, alias)  # pinned for the whole run
+        chunk_size = chunk_size or self.client.settings.bulk_chunk_size
+        columns = source.columns()
+        features = self._feature_columns(mv, columns, id_column)
+        run_id = run_id or default_run_id(mv.name)
+        contract.check_job_id(run_id)
+        if existing is None:
+            now = dt.datetime.now(dt.UTC)
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(scoring_runs).values(
+                        run_id=run_id,
+                        model_name=mv.name,
+                        model_version=mv.version,
+                        source=source.description,
+                        id_column=id_column,
+                        chunk_size=chunk_size,
+                        total_rows=source.total_rows(),
+                        n_chunks=None,
+                        enqueued=0,
+                        scored_ok=0,
+                        scored_error=0,
+                        status="enqueuing",
+                        error=None,
+                        max_error_rate=max_error_rate,
+                        started_at=now,
+                        updated_at=now,
+                    )
+                )
+            committed: set[int] = set()
+        else:
+            committed = self._committed_chunks(run_id)
+            if existing.n_chunks is not None and len(committed) >= existing.n_chunks:
+                # Every chunk is committed: nothing to send, leave the record as it is.
+                return Run(run_id, mv, source, id_column, features, chunk_size, committed,
+                           resumed=True, complete=True)  # fmt: skip
+            extra = {"max_error_rate": max_error_rate} if max_error_rate is not None else {}
+            self._set(run_id, status="enqueuing", error=None, finished_at=None, **extra)
+        return Run(
+            run_id, mv, source, id_column, features, chunk_size, committed, existing is not None
+        )
+
+    @staticmethod
+    def _feature_columns(
+        mv: registry.ModelVersion, columns: list[str], id_column: str
+    ) -> list[str]:
+        if id_column not in columns:
+            raise InvalidInput(
+                f"id column {id_column!r} is not in the input (columns: {', '.join(columns[:20])})"
+            )
+        if mv.feature_names:
+            missing = [f for f in mv.feature_names if f not in columns]
+            if missing:
+                raise MissingColumns(mv.ref, missing, columns)
+            return list(mv.feature_names)
+        rest = [c for c in columns if c != id_column]
+        if len(rest) != mv.n_features:
+            raise InvalidInput(
+                f"{mv.ref} was fitted without feature names, so every column except "
+                f"{id_column!r} is a feature, in order: it needs {mv.n_features}, "
+                f"the input has {len(rest)}"
+            )
+        return rest
+
+    # ----- enqueue -----------------------------------------------------------------------
+    def _batch(
+        self, run: Run, piece: pd.DataFrame, chunk_no: int, first_row: int
+    ) -> contract.Batch:
+        ids = piece[run.id_column]
+        missing_id = ids.isna().to_numpy()
+        keys: list[str | None] = [
+            None if m else str(v) for v, m in zip(ids.tolist(), missing_id, strict=True)
+        ]
+        job_ids = [
+            job_id_for(run.run_id, k if k is not None else f"\x00row{first_row + i}")
+            for i, k in enumerate(keys)
+        ]
+        names = run.mv.feature_names
+        x, errors = to_matrix(
+            piece[run.feature_columns], run.mv.n_features, names, run.mv.ref, offset=first_row
+        )
+        for i in np.flatnonzero(missing_id).tolist():
+            errors.setdefault(i, f"row {first_row + i}: id column {run.id_column!r} is empty")
+        return contract.Batch(
+            model=run.mv.name,
+            version=run.mv.version,
+            job_ids=job_ids,
+            x=x,
+            keys=keys,
+            row_errors=errors,
+            batch_id=f"{run.run_id}.{chunk_no}",
+            run_id=run.run_id,
+            row_offset=first_row,
+        )
+
+    def enqueue(self, run: Run, on_progress: Callable[[RunProgress], None] | None = None) -> int:
+        """Send every chunk not yet committed; returns rows sent. Marks the run failed on error."""
+        read_rows = max(run.chunk_size, (50_000 // run.chunk_size) * run.chunk_size)
+        pending: list[tuple[contract.Batch, int, int]] = []
+        sent = chunk_no = first_row = 0
+        last_report = 0.0
+        try:
+            frames = run.source.chunks(
+                read_rows, [run.id_column, *run.feature_columns], run.id_column
+            )
+            for piece in rechunk(frames, run.chunk_size):
+                if chunk_no not in run.committed:
+                    pending.append(
+                        (self._batch(run, piece, chunk_no, first_row), chunk_no, first_row)
+                    )
+                chunk_no += 1
+                first_row += len(piece)
+                if len(pending) >= PUBLISH_GROUP:
+                    sent += self._flush(run, pending)
+                    pending = []
+                    if on_progress and time.monotonic() - last_report > 0.5:
+                        on_progress(self.progress(run.run_id))
+                        last_report = time.monotonic()
+            sent += self._flush(run, pending)
+        except Exception as exc:
+            self._set(
+                run.run_id,
+                status="failed",
+                error=f"enqueue stopped: {exc}",
+                finished_at=dt.datetime.now(dt.UTC),
+            )
+            raise
+        if first_row == 0:
+            self._set(
+                run.run_id,
+                status="failed",
+                error="the input has no rows",
+                finished_at=dt.datetime.now(dt.UTC),
+            )
+            raise InvalidInput(f"{run.source.description} has no rows to score")
+        self._set(run.run_id, status="running", total_rows=first_row, n_chunks=chunk_no)
+        return sent
+
+    def _flush(self, run: Run, pending: list[tuple[contract.Batch, int, int]]) -> int:
+        if not pending:
+            return 0
+        self.client.publish(
+            [b for b, _, _ in pending], queue=self.client.settings.bulk_queue, batched=True
+        )
+        now = dt.datetime.now(dt.UTC)
+        rows = [
+            {
+                "run_id": run.run_id,
+                "chunk_no": no,
+                "batch_id": b.batch_id,
+                "first_row": first,
+                "n_rows": b.n_rows,
+                "enqueued_at": now,
+            }
+            for b, no, first in pending
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(_upsert_chunks(conn.dialect.name, rows))
+            total = conn.execute(
+                select(func.coalesce(func.sum(scoring_run_chunks.c.n_rows), 0)).where(
+                    scoring_run_chunks.c.run_id == run.run_id
+                )
+            ).scalar()
+            conn.execute(
+                update(scoring_runs)
+                .where(scoring_runs.c.run_id == run.run_id)
+                .values(enqueued=total, updated_at=now)
+            )
+        return sum(b.n_rows for b, _, _ in pending)
+
+    # ----- progress ----------------------------------------------------------------------
+    def _load_run(self, run_id: str) -> Any:
+        with self.engine.connect() as conn:
+            return conn.execute(select(scoring_runs).where(scoring_runs.c.run_id == run_id)).first()
+
+    def _set(self, run_id: str, **values: Any) -> None:
+        values["updated_at"] = dt.datetime.now(dt.UTC)
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(scoring_runs).where(scoring_runs.c.run_id == run_id).values(**values)
+            )
+
+    def _committed_chunks(self, run_id: str) -> set[int]:
+        query = (
+            select(scoring_run_chunks.c.chunk_no)
+            .join(
+                prediction_batches, prediction_batches.c.batch_id == scoring_run_chunks.c.batch_id
+            )
+            .where(scoring_run_chunks.c.run_id == run_id)
+        )
+        with self.engine.connect() as conn:
+            return set(conn.execute(query).scalars())
+
+    def progress(self, run_id: str) -> RunProgress:
+        """The run's counts from the database; finalises the run when its last chunk committed."""
+        row = self._load_run(run_id)
+        if row is None:
+            raise InvalidInput(f"no run {run_id!r} (see `inferq runs`)")
+        with self.engine.connect() as conn:
+            done, ok, err = conn.execute(
+                select(
+                    func.count(),
+                    func.coalesce(func.sum(prediction_batches.c.n_ok), 0),
+                    func.coalesce(func.sum(prediction_batches.c.n_error), 0),
+                ).where(prediction_batches.c.run_id == run_id)
+            ).one()
+        status, error, finished = row.status, row.error, row.finished_at
+        if row.status not in FINAL and row.n_chunks is not None and done >= row.n_chunks:
+            status, error, ok, err = self._finalise(row)
+            finished = dt.datetime.now(dt.UTC)
+        elif row.status in FINAL:
+            ok, err = row.scored_ok or ok, row.scored_error or err
+        return RunProgress(
+            run_id=run_id,
+            model=f"{row.model_name}@{row.model_version}",
+            status=status,
+            source=row.source,
+            total_rows=row.total_rows,
+            enqueued=row.enqueued,
+            scored_ok=ok,
+            scored_error=err,
+            n_chunks=row.n_chunks,
+            chunks_done=done,
+            started_at=row.started_at,
+            finished_at=finished,
+            error=error,
+        )
+
+    def _finalise(self, row: Any) -> tuple[str, str | None, int, int]:
+        """Exact final counts from `predictions`; decide done or failed."""
+        with self.engine.connect() as conn:
+            counts: dict[str, int] = dict(
+                conn.execute(
+                    select(predictions.c.status, func.count())
+                    .where(predictions.c.run_id == row.run_id)
+                    .group_by(predictions.c.status)
+                ).all()
+            )
+        ok, err = counts.get("ok", 0), counts.get("error", 0)
+        status, error = "done", None
+        if ok + err < row.total_rows:
+            status = "failed"
+            error = (
+                f"{row.total_rows - ok - err} input rows share an id with another row; "
+                f"values of id column {row.id_column!r} must be unique"
+            )
+        elif row.max_error_rate is not None and err > row.max_error_rate * row.total_rows:
+            status = "failed"
+            error = (
+                f"error rate {err / row.total_rows:.2%} exceeds --max-error-rate "
+                f"{row.max_error_rate:.2%} ({err} of {row.total_rows} rows invalid)"
+            )
+        self._set(
+            row.run_id,
+            status=status,
+            error=error,
+            scored_ok=ok,
+            scored_error=err,
+            finished_at=dt.datetime.now(dt.UTC),
+        )
+        return status, error, ok, err
+
+    def wait(
+        self,
+        run_id: str,
+        on_progress: Callable[[RunProgress], None] | None = None,
+        timeout: float | None = None,
+        poll: float = 0.5,
+    ) -> RunProgress:
+        """Poll until the run is done or failed (or ``timeout`` seconds pass)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            current = self.progress(run_id)
+            if on_progress:
+                on_progress(current)
+            if current.status in FINAL:
+                return current
+            if deadline is not None and time.monotonic() > deadline:
+                raise RunFailed(
+                    f"run {run_id} not finished after {timeout:g}s ({current.scored} of "
+                    f"{current.total_rows} rows scored); it keeps running on the workers — "
+                    f"`inferq runs {run_id}` shows progress, the same command resumes it"
+                )
+            time.sleep(poll)
+
+    # ----- listing -----------------------------------------------------------------------
+    def list_runs(self, limit: int = 20) -> list[RunProgress]:
+        """The most recent runs, newest first."""
+        with self.engine.connect() as conn:
+            ids = (
+                conn.execute(
+                    select(scoring_runs.c.run_id)
+                    .order_by(scoring_runs.c.started_at.desc())
+                    .limit(limit)
+                )
+                .scalars()
+                .all()
+            )
+        return [self.progress(r) for r in ids]
+
+    def error_breakdown(self, run_id: str, limit: int = 10) -> list[tuple[str, int]]:
+        """Most common error messages of a run, with the row number taken out."""
+        stmt = select(predictions.c.error).where(
+            predictions.c.run_id == run_id, predictions.c.status == "error"
+        )
+        counts: dict[str, int] = {}
+        with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                kind = func.regexp_replace(predictions.c.error, r"^row [0-9]+: ", "")
+                grouped = conn.execute(
+                    select(kind, func.count())
+                    .where(predictions.c.run_id == run_id, predictions.c.status == "error")
+                    .group_by(kind)
+                    .order_by(func.count().desc())
+                    .limit(limit)
+                )
+                return [(k, n) for k, n in grouped]
+            for (message,) in conn.execute(stmt):
+                key = re.sub(r"^row [0-9]+: ", "", message or "")
+                counts[key] = counts.get(key, 0) + 1
+        return sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
+
+
+def _upsert_chunks(dialect: str, rows: list[dict[str, Any]]) -> Any:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+    stmt = dialect_insert(scoring_run_chunks).values(rows)
+    return stmt.on_conflict_do_update(
+        index_elements=["run_id", "chunk_no"], set_={"enqueued_at": stmt.excluded.enqueued_at}
+    )

@@ -1,0 +1,158 @@
+"""Streamed inputs for bulk runs: CSV, Parquet and SQL queries, read chunk by chunk.
+
+Each source can tell its columns before any row is enqueued (so a missing feature column
+stops the run early) and then yields pandas DataFrames of at most ``rows`` rows; memory stays
+bounded by one read block whatever the input size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+
+from common.errors import InvalidInput
+
+
+class Source(Protocol):
+    """A tabular input read in chunks."""
+
+    description: str
+
+    def columns(self) -> list[str]:
+        """Column names, read without loading the data."""
+        ...
+
+    def total_rows(self) -> int | None:
+        """Row count when cheaply known up front, else None."""
+        ...
+
+    def chunks(self, rows: int, columns: list[str], id_column: str) -> Iterator[pd.DataFrame]:
+        """DataFrames of at most ``rows`` rows holding ``columns`` (the id column as text)."""
+        ...
+
+
+def _unreadable(path: Path, exc: BaseException) -> InvalidInput:
+    return InvalidInput(f"cannot read {path}: {type(exc).__name__}: {exc}")
+
+
+class CsvSource:
+    """A CSV file with a header row."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.description = f"csv:{self.path.resolve()}"
+        if not self.path.is_file():
+            raise InvalidInput(f"input file {self.path} does not exist")
+
+    def columns(self) -> list[str]:
+        try:
+            return [str(c) for c in pd.read_csv(self.path, nrows=0).columns]
+        except pd.errors.EmptyDataError:
+            raise InvalidInput(f"input file {self.path} is empty (no header row)") from None
+        except Exception as exc:
+            raise _unreadable(self.path, exc) from None
+
+    def total_rows(self) -> int | None:
+        return None  # counting would mean reading the file twice
+
+    def chunks(self, rows: int, columns: list[str], id_column: str) -> Iterator[pd.DataFrame]:
+        try:
+            # NOTE: the id column is read as text so ids like 00123 keep their zeros.
+            reader = pd.read_csv(self.path, usecols=columns, chunksize=rows, dtype={id_column: str})
+            yield from reader
+        except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise _unreadable(self.path, exc) from None
+
+
+class ParquetSource:
+    """A Parquet file, read one record batch at a time with pyarrow."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.description = f"parquet:{self.path.resolve()}"
+        if not self.path.is_file():
+            raise InvalidInput(f"input file {self.path} does not exist")
+        try:
+            import pyarrow.parquet as pq
+
+            self._file = pq.ParquetFile(self.path)
+        except Exception as exc:
+            raise _unreadable(self.path, exc) from None
+
+    def columns(self) -> list[str]:
+        return list(self._file.schema_arrow.names)
+
+    def total_rows(self) -> int | None:
+        return int(self._file.metadata.num_rows)
+
+    def chunks(self, rows: int, columns: list[str], id_column: str) -> Iterator[pd.DataFrame]:
+        for batch in self._file.iter_batches(batch_size=rows, columns=columns):
+            yield batch.to_pandas()
+
+
+class SqlSource:
+    """The rows of a SELECT, streamed with a server-side cursor."""
+
+    def __init__(self, url: str, query: str) -> None:
+        from sqlalchemy import create_engine
+
+        self.query = query.strip().rstrip(";")
+        if not self.query.lower().startswith(("select", "with")):
+            raise InvalidInput("--sql must be a SELECT (or WITH ... SELECT) query")
+        self.description = f"sql:{self.query}"
+        self._engine = create_engine(_normalise(url))
+
+    def _wrapped(self, outer: str) -> Any:
+        from sqlalchemy import text
+
+        return text(outer.format(q=self.query))
+
+    def columns(self) -> list[str]:
+        try:
+            with self._engine.connect() as conn:
+                result = conn.execute(self._wrapped("SELECT * FROM ({q}) AS src LIMIT 0"))
+                return list(result.keys())
+        except Exception as exc:
+            raise InvalidInput(f"the --sql query failed: {exc}") from None
+
+    def total_rows(self) -> int | None:
+        with self._engine.connect() as conn:
+            count = conn.execute(self._wrapped("SELECT count(*) FROM ({q}) AS src")).scalar()
+            return int(count or 0)
+
+    def chunks(self, rows: int, columns: list[str], id_column: str) -> Iterator[pd.DataFrame]:
+        query = self._wrapped("SELECT * FROM ({q}) AS src")
+        with self._engine.connect().execution_options(stream_results=True) as conn:
+            for frame in pd.read_sql(query, conn, chunksize=rows):
+                yield frame[columns]
+
+    def close(self) -> None:
+        """Release the source database connection pool."""
+        self._engine.dispose()
+
+
+def _normalise(url: str) -> str:
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def open_source(
+    path: str | None, sql: str | None, source_url: str | None, default_url: str
+) -> Source:
+    """The Source for ``--input PATH`` (.csv, .parquet) or ``--sql QUERY``."""
+    if bool(path) == bool(sql):
+        raise InvalidInput("give exactly one of --input PATH or --sql QUERY")
+    if sql:
+        return SqlSource(source_url or default_url, sql)
+    assert path is not None
+    suffix = Path(path).suffix.lower()
+    if suffix in {".csv", ".gz", ".bz2", ".zip", ".xz"}:
+        return CsvSource(Path(path))
+    if suffix in {".parquet", ".pq"}:
+        return ParquetSource(Path(path))
+    raise InvalidInput(f"cannot tell the format of {path}: use a .csv or .parquet file")
