@@ -26,7 +26,11 @@ def test_env_vars_and_postgres_url_normalisation(monkeypatch):
     assert s.batch_size == 250 and not s.embedded_broker
     conf = celery_config(s)
     assert conf["broker_url"] == "rediss://:pw@redis.example:6380/2"
-    assert conf["broker_transport_options"] == {"visibility_timeout": 900}
+    assert conf["broker_transport_options"] == {
+        "visibility_timeout": 900,
+        "queue_order_strategy": "priority",  # online before bulk, not round-robin
+    }
+    assert [q.name for q in conf["task_queues"]] == ["online", "bulk"]
 
 
 def test_empty_variable_means_unset(monkeypatch):
