@@ -26,7 +26,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # one line per error, for logs
 
 JSON_OPT = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table.")
 

@@ -29,7 +29,7 @@ from rich.table import Table
 from common.errors import TransientError
 from common.settings import get_settings
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 class RowsPerSecond(TransferSpeedColumn):

@@ -61,10 +61,35 @@ class CsvSource:
     def chunks(self, rows: int, columns: list[str], id_column: str) -> Iterator[pd.DataFrame]:
         try:
             # NOTE: the id column is read as text so ids like 00123 keep their zeros.
-            reader = pd.read_csv(self.path, usecols=columns, chunksize=rows, dtype={id_column: str})
-            yield from reader
+            # low_memory=False: type each column over the whole read block, not over
+            # arbitrary sub-blocks (which yields half-text, half-float columns).
+            reader = pd.read_csv(self.path, usecols=columns, chunksize=rows,
+                                 dtype={id_column: str}, low_memory=False)  # fmt: skip
+            for frame in reader:
+                yield _numbers_from_text(frame, id_column)
         except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
             raise _unreadable(self.path, exc) from None
+
+
+def _numbers_from_text(frame: pd.DataFrame, id_column: str) -> pd.DataFrame:
+    """In a CSV every cell is text: one stray word makes pandas read a whole column as text.
+
+    Turn the cells of such columns that are numbers back into floats and keep only the real
+    text (which then gets its own error row) as it was.
+    """
+    for name in frame.columns:
+        column = frame[name]
+        if name == id_column or column.dtype.kind in "biuf":
+            continue
+        numbers = pd.to_numeric(column, errors="coerce")
+        text = numbers.isna() & column.notna()
+        if not text.any():
+            frame[name] = numbers
+            continue
+        mixed = numbers.astype(object)
+        mixed[text] = column[text]
+        frame[name] = mixed
+    return frame
 
 
 class ParquetSource:
