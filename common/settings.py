@@ -46,6 +46,13 @@ class Settings(BaseSettings):
         le=100_000,
         description="Rows per message of `inferq score` runs (bulk queue).",
     )
+    bulk_max_queued_rows: int = Field(
+        default=1_000_000,
+        ge=0,
+        description="Backpressure: a bulk run pauses enqueueing while more rows than this are "
+        "sent but not yet committed (bounds Redis memory, ~0.3 GB per million 20-feature "
+        "rows); 0 = no limit.",
+    )
     max_submit_rows: int = Field(
         default=1_000_000,
         ge=1,

@@ -264,6 +264,8 @@ class BulkScorer:
         pending: list[tuple[contract.Batch, int, int]] = []
         sent = chunk_no = first_row = 0
         last_report = 0.0
+        limit = self.client.settings.bulk_max_queued_rows
+        scored_at_start = self.progress(run.run_id).scored
         try:
             frames = run.source.chunks(
                 read_rows, [run.id_column, *run.feature_columns], run.id_column
@@ -278,6 +280,8 @@ class BulkScorer:
                 if len(pending) >= PUBLISH_GROUP:
                     sent += self._flush(run, pending)
                     pending = []
+                    if limit:
+                        self._throttle(run.run_id, sent, scored_at_start, limit, on_progress)
                     if on_progress and time.monotonic() - last_report > 0.5:
                         on_progress(self.progress(run.run_id))
                         last_report = time.monotonic()
@@ -300,6 +304,23 @@ class BulkScorer:
             raise InvalidInput(f"{run.source.description} has no rows to score")
         self._set(run.run_id, status="running", total_rows=first_row, n_chunks=chunk_no)
         return sent
+
+    def _throttle(
+        self,
+        run_id: str,
+        sent: int,
+        scored_at_start: int,
+        limit: int,
+        on_progress: Callable[[RunProgress], None] | None,
+    ) -> None:
+        """Wait while more than ``limit`` rows sent in this session are not yet committed."""
+        while True:
+            current = self.progress(run_id)
+            if sent - (current.scored - scored_at_start) <= limit:
+                return
+            if on_progress:
+                on_progress(current)
+            time.sleep(0.2)
 
     def _flush(self, run: Run, pending: list[tuple[contract.Batch, int, int]]) -> int:
         if not pending:

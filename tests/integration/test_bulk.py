@@ -311,3 +311,25 @@ def test_online_job_overtakes_a_bulk_flood(pg_settings, bulk_data, start_worker)
     assert during <= 2, f"{during} bulk chunks were committed while the online job waited"
     assert left > 50, "the flood was over before the online job was checked"
     engine.dispose()
+
+
+def test_backpressure_bounds_what_a_run_keeps_in_redis(pg_settings, bulk_data, start_worker):
+    import redis
+
+    _register(pg_settings, bulk_data["folder"] / "cheap.joblib")
+    env = {**settings_env(pg_settings), "INFERQ_BULK_MAX_QUEUED_ROWS": "10000"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inferq", "score", "-m", "cheap", "-i",
+         str(bulk_data["folder"] / "rows.parquet"), "--id-column", "customer_id",
+         "--chunk-size", "1000", "--json"],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    queue = redis.Redis.from_url(pg_settings.broker_url)
+    time.sleep(6)  # no worker yet: the producer must stop after one publish group
+    assert proc.poll() is None
+    assert queue.llen(pg_settings.bulk_queue) == 50  # 50 x 1000 rows, not 200 messages
+    start_worker(pg_settings, concurrency=2)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["status"] == "done" and summary["scored_ok"] == N_ROWS
