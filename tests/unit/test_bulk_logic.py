@@ -68,3 +68,23 @@ def test_source_selection_errors():
         open_source(None, None, None, "sqlite://")
     with pytest.raises(InvalidInput, match="must be a SELECT"):
         open_source(None, "DELETE FROM predictions", None, "sqlite://")
+
+
+def test_parquet_reading_memory_does_not_grow_with_the_file(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from producer.sources import ParquetSource
+
+    path = tmp_path / "many-groups.parquet"
+    rng = np.random.default_rng(0)
+    with pq.ParquetWriter(path, pa.schema([("id", pa.string()), ("x", pa.float64())])) as w:
+        for g in range(40):
+            w.write_table(pa.table({"id": [f"r{g}-{i}" for i in range(5000)],
+                                    "x": rng.normal(size=5000)}))  # fmt: skip
+    allocated = []
+    for frame in ParquetSource(path).chunks(5000, ["id", "x"], "id"):
+        assert len(frame) == 5000
+        allocated.append(pa.total_allocated_bytes())
+    # Arrow memory is bounded by about one row group, not by the file (40 row groups).
+    assert max(allocated) < path.stat().st_size / 3
