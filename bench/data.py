@@ -1,0 +1,48 @@
+"""Benchmark inputs: 20 float features, a cheap pipeline, a 100-tree forest, a large forest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+
+FEATURES = [f"f{i}" for i in range(20)]
+
+
+def make_rows(n: int, seed: int = 0) -> pd.DataFrame:
+    """n rows of 20 standard-normal features plus a unique `id` column."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(rng.normal(size=(n, len(FEATURES))), columns=FEATURES)
+    frame.insert(0, "id", np.char.add("r", np.arange(n).astype(str)))
+    return frame
+
+
+def _labels(x: pd.DataFrame) -> np.ndarray:
+    return ((x.f0 + 0.5 * x.f1 - x.f2 + np.sin(x.f3)) > 0).astype(int).to_numpy()
+
+
+def train_models(folder: Path, big_trees: int = 300) -> dict[str, Path]:
+    """Fit the benchmark models, dump them with joblib; returns name -> path."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    train = make_rows(20_000, seed=1)[FEATURES]
+    y = _labels(train)
+    models = {
+        "cheap": make_pipeline(StandardScaler(), LogisticRegression()).fit(train, y),
+        "forest": RandomForestClassifier(n_estimators=100, max_depth=12, random_state=0,
+                                         n_jobs=-1).fit(train, y),
+        "bigforest": RandomForestClassifier(n_estimators=big_trees, random_state=0,
+                                            n_jobs=-1).fit(train, y),
+    }  # fmt: skip
+    paths = {}
+    for name, model in models.items():
+        if hasattr(model, "n_jobs"):
+            model.set_params(n_jobs=1)  # scoring parallelism comes from worker processes
+        paths[name] = folder / f"{name}.joblib"
+        joblib.dump(model, paths[name])
+    return paths
