@@ -58,6 +58,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Largest number of rows one submit() call accepts (refused before Redis).",
     )
+    alias_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a producer reuses an alias -> version lookup (a promote reaches "
+        "online submits within this time); 0 = look it up on every submit.",
+    )
     online_queue: str = "online"
     bulk_queue: str = "bulk"
     preload: str | None = Field(

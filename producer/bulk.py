@@ -392,8 +392,7 @@ class BulkScorer:
             ).one()
         status, error, finished = row.status, row.error, row.finished_at
         if row.status not in FINAL and row.n_chunks is not None and done >= row.n_chunks:
-            status, error, ok, err = self._finalise(row)
-            finished = dt.datetime.now(dt.UTC)
+            status, error, ok, err, finished = self._finalise(row)
         elif row.status in FINAL:
             ok, err = row.scored_ok or ok, row.scored_error or err
         return RunProgress(
@@ -412,9 +411,15 @@ class BulkScorer:
             error=error,
         )
 
-    def _finalise(self, row: Any) -> tuple[str, str | None, int, int]:
+    def _finalise(self, row: Any) -> tuple[str, str | None, int, int, dt.datetime]:
         """Exact final counts from `predictions`; decide done or failed."""
         with self.engine.connect() as conn:
+            # The run finished when its last batch committed, not when someone looked.
+            last_commit = conn.execute(
+                select(func.max(prediction_batches.c.committed_at)).where(
+                    prediction_batches.c.run_id == row.run_id
+                )
+            ).scalar()
             counts: dict[str, int] = dict(
                 conn.execute(
                     select(predictions.c.status, func.count())
@@ -442,9 +447,9 @@ class BulkScorer:
             error=error,
             scored_ok=ok,
             scored_error=err,
-            finished_at=dt.datetime.now(dt.UTC),
+            finished_at=last_commit or dt.datetime.now(dt.UTC),
         )
-        return status, error, ok, err
+        return status, error, ok, err, last_commit or dt.datetime.now(dt.UTC)
 
     def wait(
         self,

@@ -37,6 +37,9 @@ class InferenceClient:
         self.settings = settings
         self.app = app or create_celery(settings)
         self._engine = engine
+        # Registered versions never change: cache them. Aliases move: cache briefly.
+        self._versions: dict[tuple[str, int], registry.ModelVersion] = {}
+        self._aliases: dict[tuple[str, str], tuple[int, float]] = {}
 
     @classmethod
     def from_env(cls) -> InferenceClient:
@@ -68,7 +71,21 @@ class InferenceClient:
         self, model: str, version: int | None = None, alias: str | None = "production"
     ) -> registry.ModelVersion:
         """The registered version a submission goes to (pinned version, else the alias)."""
-        return registry.resolve(self.engine, model, version, alias)
+        if version is None:
+            key = (model, alias or registry.DEFAULT_ALIAS)
+            hit = self._aliases.get(key)
+            if hit is None or hit[1] < time.monotonic():
+                mv = registry.resolve(self.engine, model, None, key[1])
+                self._versions[(mv.name, mv.version)] = mv
+                ttl = self.settings.alias_cache_seconds
+                self._aliases[key] = (mv.version, time.monotonic() + ttl)
+                return mv
+            version = hit[0]
+        found = self._versions.get((model, int(version)))
+        if found is None:
+            found = registry.get_version(self.engine, model, int(version))
+            self._versions[(model, found.version)] = found
+        return found
 
     def build_batches(
         self,

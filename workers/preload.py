@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 from common.db import make_engine
 from common.settings import Settings
 from models import registry
-from workers.inference import ModelInfo
+from workers.inference import ModelInfo, accepts_array
 
 log = logging.getLogger("inferq.worker")
 
@@ -80,6 +80,7 @@ class WorkerRuntime:
             classes=mv.classes,
             has_proba=mv.has_proba,
             final_estimator=_final_estimator_name(estimator),
+            array_ok=accepts_array(estimator),
         )
         return LoadedModel(info, estimator, preloaded)
 

@@ -1,13 +1,17 @@
 """Bulk, idempotent writes of result rows to the results database.
 
-Postgres, one transaction per batch:
-1. claim the batch in the `prediction_batches` ledger (INSERT ... ON CONFLICT DO NOTHING).
-   A redelivered message finds its batch already there and the write is a no-op; a
-   concurrent duplicate blocks on the ledger row until the first commits, then no-ops.
-2. COPY the rows straight into `predictions` inside a savepoint (fast path, ~COPY speed).
-3. Only if a job_id already exists (a re-submitted job id), roll back to the savepoint and
-   COPY into a temp table, then INSERT ... ON CONFLICT (job_id) DO NOTHING: first result wins.
-4. record the write time and rows written in the ledger row; commit.
+Postgres, exactly one row per job:
+1. One transaction: COPY the rows straight into `predictions`, then INSERT the batch's
+   ledger row into `prediction_batches` (lineage and timings). The common case is this one
+   transaction, at COPY speed, with three round trips.
+2. If any job id already has a row (a redelivered message, or a caller re-submitting ids),
+   the primary key makes the COPY fail; the transaction is rolled back and redone as COPY
+   into a temp table + INSERT ... ON CONFLICT (job_id) DO NOTHING (first result wins) +
+   ledger INSERT ... ON CONFLICT DO NOTHING. A concurrent duplicate blocks on the first
+   writer's uncommitted keys, then takes this path too.
+
+The COPY payload is built column-wise (one string per row from pre-formatted columns, no
+per-row tuple, dict or json.dumps), which keeps the writer near COPY speed.
 
 SQLite (the embedded default): the same ledger + INSERT OR IGNORE, no COPY.
 """
@@ -20,29 +24,19 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, update
+from sqlalchemy import Connection, Engine, insert
 
 from common.schema import prediction_batches, predictions
 from workers.inference import ScoredBatch
 
 COLUMNS = (
-    "job_id",
-    "run_id",
-    "key",
-    "model_name",
-    "model_version",
-    "status",
-    "label",
-    "score",
-    "probabilities",
-    "error",
-    "submitted_at",
-    "scored_at",
-    "worker",
-    "batch_id",
-)
+    "job_id", "run_id", "key", "model_name", "model_version", "status", "label", "score",
+    "probabilities", "error", "submitted_at", "scored_at", "worker", "batch_id",
+)  # fmt: skip
 _COPY_SQL = f"COPY {{table}} ({', '.join(COLUMNS)}) FROM STDIN"
 _STAGE = "inferq_stage_predictions"
+_NULL = "\\N"
+_SPECIAL = ("\\", "\t", "\n", "\r")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,34 +48,81 @@ class WriteReport:
     write_ms: float
 
 
-def _rows(scored: ScoredBatch, worker: str, now: dt.datetime) -> list[tuple[Any, ...]]:
-    b = scored.batch
-    submitted = dt.datetime.fromtimestamp(b.submitted_at, dt.UTC)
-    keys = b.keys or [None] * b.n_rows
-    # NOTE: json.dumps writes floats with repr(), so probabilities round-trip exactly.
-    probs = [None if p is None else json.dumps(p) for p in scored.probabilities]
-    return [
-        (
-            b.job_ids[i],
-            b.run_id,
-            keys[i],
-            scored.model_name,
-            scored.model_version,
-            scored.status[i],
-            scored.label[i],
-            scored.score[i],
-            probs[i],
-            scored.error[i],
-            submitted,
-            now,
-            worker,
-            b.batch_id,
+# ----- COPY text format ------------------------------------------------------------------
+def _esc(value: str) -> str:
+    """Escape one value for COPY's text format."""
+    if any(ch in value for ch in _SPECIAL):
+        return (
+            value.replace("\\", "\\\\")
+            .replace("\t", "\\t")
+            .replace("\n", "\\n")
+            .replace("\r", "\\r")
         )
-        for i in range(b.n_rows)
-    ]
+    return value
 
 
-def _ledger_values(scored: ScoredBatch, worker: str, received_at: float, decode_ms: float) -> dict:
+def _text_column(values: list[str | None]) -> list[str]:
+    """COPY-escape a column of text; one scan of the joined column decides if any work is due."""
+    if not any(ch in "".join(v for v in values if v) for ch in _SPECIAL):
+        return [_NULL if v is None else v for v in values]
+    return [_NULL if v is None else _esc(v) for v in values]
+
+
+def _float_column(values: Any) -> list[str]:
+    # NOTE: repr() is the shortest text that reads back as the same double: scores and
+    # probabilities round-trip bit-exactly. NaN (no score) becomes NULL.
+    return [_NULL if v != v else repr(v) for v in values.tolist()]
+
+
+def _proba_column(scored: ScoredBatch) -> list[str]:
+    n = len(scored.ok)
+    if scored.proba is None or scored.classes is None:
+        return [_NULL] * n
+    keys = [json.dumps(c) for c in scored.classes]
+    cells = [list(map(repr, row)) for row in scored.proba.tolist()]
+    if len(keys) == 2:
+        k0, k1 = keys
+        docs = [f"{{{k0}: {a}, {k1}: {b}}}" for a, b in cells]
+    else:
+        docs = ["{" + ", ".join(f"{k}: {v}" for k, v in zip(keys, row, strict=True)) + "}"
+                for row in cells]  # fmt: skip
+    if any("\\" in k for k in keys):
+        docs = [_esc(d) for d in docs]
+    if scored.n_ok == n:
+        return docs
+    return [d if ok else _NULL for d, ok in zip(docs, scored.ok.tolist(), strict=True)]
+
+
+def copy_payload(scored: ScoredBatch, worker: str, now: dt.datetime) -> str:
+    """The batch's rows in COPY text format, in COLUMNS order."""
+    b = scored.batch
+    n = b.n_rows
+    ids = _text_column(list(b.job_ids))
+    keys = _text_column(b.keys) if b.keys is not None else [_NULL] * n
+    status = ["ok" if v else "error" for v in scored.ok.tolist()]
+    labels = _text_column(scored.label) if scored.labels is not None else [_NULL] * n
+    scores = _float_column(scored.scores) if scored.scores is not None else [_NULL] * n
+    probs = _proba_column(scored)
+    errors = (
+        _text_column([scored.errors.get(i) for i in range(n)]) if scored.errors else [_NULL] * n
+    )
+    submitted = dt.datetime.fromtimestamp(b.submitted_at, dt.UTC).isoformat()
+    run = _esc(b.run_id) if b.run_id else _NULL
+    middle = f"\t{_esc(scored.model_name)}\t{scored.model_version}\t"
+    tail = f"\t{submitted}\t{now.isoformat()}\t{_esc(worker)}\t{_esc(b.batch_id)}\n"
+    return "".join(
+        f"{i}\t{run}\t{k}{middle}{st}\t{lb}\t{sc}\t{pr}\t{er}{tail}"
+        for i, k, st, lb, sc, pr, er in zip(
+            ids, keys, status, labels, scores, probs, errors, strict=True
+        )
+    )
+
+
+# ----- writes ----------------------------------------------------------------------------
+def _ledger_values(
+    scored: ScoredBatch, worker: str, received_at: float, decode_ms: float, written: int,
+    write_ms: float,
+) -> dict[str, Any]:  # fmt: skip
     b = scored.batch
     return {
         "batch_id": b.batch_id,
@@ -92,90 +133,102 @@ def _ledger_values(scored: ScoredBatch, worker: str, received_at: float, decode_
         "n_rows": b.n_rows,
         "n_ok": scored.n_ok,
         "n_error": scored.n_error,
-        "n_written": 0,
+        "n_written": written,
         "submitted_at": dt.datetime.fromtimestamp(b.submitted_at, dt.UTC),
         "received_at": dt.datetime.fromtimestamp(received_at, dt.UTC),
         "committed_at": dt.datetime.now(dt.UTC),
         "decode_ms": decode_ms,
         "predict_ms": scored.predict_ms,
-        "write_ms": 0.0,
+        "write_ms": write_ms,
     }
 
 
-def _claim(conn: Connection, values: dict) -> bool:
-    """Insert the ledger row; False when the batch was committed before (redelivery)."""
+def _insert_ledger(conn: Connection, values: dict[str, Any], if_absent: bool) -> bool:
+    """Insert the ledger row; with ``if_absent``, False when the batch was already there."""
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        pg_stmt = pg_insert(prediction_batches).values(values).on_conflict_do_nothing()
-        return bool(conn.execute(pg_stmt.returning(prediction_batches.c.batch_id)).first())
-    stmt = insert(prediction_batches).values(values).prefix_with("OR IGNORE")
-    return conn.execute(stmt).rowcount == 1
+        stmt = pg_insert(prediction_batches).values(values)
+        if not if_absent:
+            conn.execute(stmt)
+            return True
+        returning = stmt.on_conflict_do_nothing().returning(prediction_batches.c.batch_id)
+        return conn.execute(returning).first() is not None
+    sqlite_stmt = insert(prediction_batches).values(values).prefix_with("OR IGNORE")
+    return conn.execute(sqlite_stmt).rowcount == 1
 
 
-def _copy(cursor: Any, table: str, rows: list[tuple[Any, ...]]) -> None:
+def _copy(cursor: Any, table: str, payload: str) -> None:
     with cursor.copy(_COPY_SQL.format(table=table)) as copy:
-        for row in rows:
-            copy.write_row(row)
+        copy.write(payload)
 
 
-def _write_postgres(conn: Connection, rows: list[tuple[Any, ...]]) -> int:
-    """COPY rows into predictions, skipping job ids that already have a result."""
+def _write_postgres(
+    engine: Engine, scored: ScoredBatch, worker: str, received_at: float, decode_ms: float,
+    started: float,
+) -> WriteReport:  # fmt: skip
     import psycopg
 
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    cur = raw.cursor()
+    payload = copy_payload(scored, worker, dt.datetime.now(dt.UTC))
     try:
-        with raw.transaction():  # savepoint: a duplicate job id only undoes this COPY
-            _copy(cur, "predictions", rows)
-        return len(rows)
-    except psycopg.errors.UniqueViolation:
-        pass
-    cur.execute(
-        f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} "
-        "(LIKE predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-    )
-    _copy(cur, _STAGE, rows)
-    cur.execute(
-        f"INSERT INTO predictions ({', '.join(COLUMNS)}) "
-        f"SELECT {', '.join(COLUMNS)} FROM {_STAGE} ON CONFLICT (job_id) DO NOTHING"
-    )
-    return cur.rowcount
+        with engine.begin() as conn:
+            _copy(conn.connection.driver_connection.cursor(), "predictions", payload)  # type: ignore[union-attr]
+            ms = (time.perf_counter() - started) * 1000
+            values = _ledger_values(scored, worker, received_at, decode_ms, scored.batch.n_rows, ms)
+            _insert_ledger(conn, values, if_absent=False)
+        return WriteReport(scored.batch.n_rows, False, ms)
+    except Exception as exc:
+        if not isinstance(getattr(exc, "orig", exc), psycopg.errors.UniqueViolation):
+            raise
+    # Some job ids (or the whole batch) already have rows: keep the first result of each.
+    with engine.begin() as conn:
+        cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cur.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} "
+            "(LIKE predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        _copy(cur, _STAGE, payload)
+        cur.execute(
+            f"INSERT INTO predictions ({', '.join(COLUMNS)}) "
+            f"SELECT {', '.join(COLUMNS)} FROM {_STAGE} ON CONFLICT (job_id) DO NOTHING"
+        )
+        written = cur.rowcount
+        ms = (time.perf_counter() - started) * 1000
+        values = _ledger_values(scored, worker, received_at, decode_ms, written, ms)
+        fresh = _insert_ledger(conn, values, if_absent=True)
+    return WriteReport(written, not fresh, ms)
 
 
-def _write_sqlite(conn: Connection, rows: list[tuple[Any, ...]]) -> int:
-    params = [dict(zip(COLUMNS, r, strict=True)) for r in rows]
-    for p in params:  # SQLAlchemy's JSON type encodes objects itself
-        if p["probabilities"] is not None:
-            p["probabilities"] = json.loads(p["probabilities"])
-    result = conn.execute(insert(predictions).prefix_with("OR IGNORE"), params)
-    return result.rowcount
+def _write_sqlite(
+    engine: Engine, scored: ScoredBatch, worker: str, received_at: float, decode_ms: float,
+    started: float,
+) -> WriteReport:  # fmt: skip
+    b = scored.batch
+    now = dt.datetime.now(dt.UTC)
+    submitted = dt.datetime.fromtimestamp(b.submitted_at, dt.UTC)
+    keys = b.keys or [None] * b.n_rows
+    params = [
+        {"job_id": j, "run_id": b.run_id, "key": k, "model_name": scored.model_name,
+         "model_version": scored.model_version, "status": st, "label": lb, "score": sc,
+         "probabilities": pr, "error": er, "submitted_at": submitted, "scored_at": now,
+         "worker": worker, "batch_id": b.batch_id}
+        for j, k, st, lb, sc, pr, er in zip(b.job_ids, keys, scored.status, scored.label,
+                                            scored.score, scored.probabilities, scored.error,
+                                            strict=True)
+    ]  # fmt: skip
+    with engine.begin() as conn:
+        written = conn.execute(insert(predictions).prefix_with("OR IGNORE"), params).rowcount
+        ms = (time.perf_counter() - started) * 1000
+        values = _ledger_values(scored, worker, received_at, decode_ms, written, ms)
+        fresh = _insert_ledger(conn, values, if_absent=True)
+    return WriteReport(written, not fresh, ms)
 
 
 def write_results(
-    engine: Engine,
-    scored: ScoredBatch,
-    worker: str,
-    *,
-    received_at: float,
-    decode_ms: float = 0.0,
+    engine: Engine, scored: ScoredBatch, worker: str, *, received_at: float, decode_ms: float = 0.0
 ) -> WriteReport:
     """Write one scored batch exactly once (idempotent under redelivery and re-submission)."""
     started = time.perf_counter()
-    now = dt.datetime.now(dt.UTC)
-    with engine.begin() as conn:
-        if not _claim(conn, _ledger_values(scored, worker, received_at, decode_ms)):
-            return WriteReport(0, True, (time.perf_counter() - started) * 1000)
-        rows = _rows(scored, worker, now)
-        if conn.dialect.name == "postgresql":
-            written = _write_postgres(conn, rows)
-        else:
-            written = _write_sqlite(conn, rows)
-        write_ms = (time.perf_counter() - started) * 1000
-        conn.execute(
-            update(prediction_batches)
-            .where(prediction_batches.c.batch_id == scored.batch.batch_id)
-            .values(n_written=written, write_ms=write_ms, committed_at=dt.datetime.now(dt.UTC))
-        )
-    return WriteReport(written, False, write_ms)
+    if engine.dialect.name == "postgresql":
+        return _write_postgres(engine, scored, worker, received_at, decode_ms, started)
+    return _write_sqlite(engine, scored, worker, received_at, decode_ms, started)

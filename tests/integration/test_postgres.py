@@ -44,11 +44,12 @@ def _scored(job_ids, batch_id=None, label="a") -> ScoredBatch:
         batch=batch,
         model_name="m",
         model_version=1,
-        status=["ok"] * n,
-        label=[label] * n,
-        score=[0.1 + i for i in range(n)],
-        probabilities=[{"a": 0.1 + i, "b": 0.9 - i} for i in range(n)],
-        error=[None] * n,
+        ok=np.ones(n, dtype=bool),
+        errors={},
+        labels=[label] * n,
+        scores=np.array([0.1 + i for i in range(n)]),
+        proba=np.array([[0.1 + i, 0.9 - i] for i in range(n)]),
+        classes=["a", "b"],
     )
 
 

@@ -106,3 +106,45 @@ def test_all_rows_invalid_skips_the_model_call(multiclass_model, n):
     x = np.full((n, 4), np.nan)
     scored = score_batch(multiclass_model.model, info_for(multiclass_model.model), batch_of(x))
     assert scored.n_error == n
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_argmax_shortcut_equals_predict_for_logistic_regression(n_classes):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(n_classes)
+    x = rng.normal(size=(3000, 6))
+    y = np.digitize(x[:, 0] + 0.3 * x[:, 1], np.linspace(-1, 1, n_classes - 1))
+    model = make_pipeline(StandardScaler(), LogisticRegression()).fit(x, y)
+    info = info_for(model)
+    assert info.final_estimator == "LogisticRegression"
+    probe = rng.normal(size=(5000, 6))
+    assert score_batch(model, info, batch_of(probe)).label == [str(v) for v in model.predict(probe)]
+
+
+def test_named_pipelines_get_arrays_unless_a_step_selects_columns(binary_model):
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from workers.inference import accepts_array
+
+    assert accepts_array(binary_model.model)  # scaler + logistic regression: positional
+    frame = binary_model.x
+    by_name = make_pipeline(
+        ColumnTransformer([("s", StandardScaler(), ["mean area", "mean radius"])]),
+        LogisticRegression(),
+    ).fit(frame, (frame["mean area"] > 600).astype(int))
+    assert not accepts_array(by_name)
+    for model in (binary_model.model, by_name):
+        info = info_for(model)
+        info.array_ok = accepts_array(model)
+        x = frame.to_numpy()[:300]
+        scored = score_batch(model, info, batch_of(x))
+        expected = model.predict_proba(pd.DataFrame(x, columns=frame.columns))[:, 1]
+        # Same numbers either way (to the last bits: BLAS sums in layout-dependent order).
+        assert np.max(np.abs(np.array(scored.score) - expected)) <= 1e-12

@@ -98,3 +98,20 @@ def test_broker_failure_is_reported_not_swallowed(sqlite_settings, regressor_mod
         client.submit("reg", np.zeros((2, 10)))
     assert "could not enqueue 2 job(s)" in str(info.value)
     assert info.value.enqueued_job_ids == []
+
+
+def test_alias_lookups_are_cached_for_the_configured_time(sqlite_settings, regressor_model):
+    engine = make_engine(sqlite_settings)
+    store = sqlite_settings.model_store_dir
+    registry.register(engine, store, regressor_model.path, "reg", alias="production")
+    registry.register(engine, store, regressor_model.path, "reg")
+    cached = InferenceClient(sqlite_settings, engine=engine)
+    fresh = InferenceClient(sqlite_settings.model_copy(update={"alias_cache_seconds": 0}),
+                            engine=engine)  # fmt: skip
+    assert cached.resolve("reg").version == fresh.resolve("reg").version == 1
+    registry.promote(engine, "reg", 2)
+    assert cached.resolve("reg").version == 1  # within alias_cache_seconds
+    assert fresh.resolve("reg").version == 2  # 0 = look up every time
+    assert cached.resolve("reg", version=2).version == 2  # pinned versions are exact
+    cached._aliases.clear()  # TTL elapsed
+    assert cached.resolve("reg").version == 2
