@@ -23,7 +23,7 @@ def _labels(x: pd.DataFrame) -> np.ndarray:
     return ((x.f0 + 0.5 * x.f1 - x.f2 + np.sin(x.f3)) > 0).astype(int).to_numpy()
 
 
-def train_models(folder: Path, big_trees: int = 300) -> dict[str, Path]:
+def train_models(folder: Path, big_trees: int = 300, big_rows: int = 50_000) -> dict[str, Path]:
     """Fit the benchmark models, dump them with joblib; returns name -> path."""
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
@@ -32,12 +32,13 @@ def train_models(folder: Path, big_trees: int = 300) -> dict[str, Path]:
 
     train = make_rows(20_000, seed=1)[FEATURES]
     y = _labels(train)
+    big = make_rows(big_rows, seed=2)[FEATURES]
     models = {
         "cheap": make_pipeline(StandardScaler(), LogisticRegression()).fit(train, y),
         "forest": RandomForestClassifier(n_estimators=100, max_depth=12, random_state=0,
                                          n_jobs=-1).fit(train, y),
         "bigforest": RandomForestClassifier(n_estimators=big_trees, random_state=0,
-                                            n_jobs=-1).fit(train, y),
+                                            n_jobs=-1).fit(big, _labels(big)),
     }  # fmt: skip
     paths = {}
     for name, model in models.items():

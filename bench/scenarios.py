@@ -182,24 +182,28 @@ def model_memory_mb(model_path: Path) -> float:
 
 
 def memory(settings: Settings, model: str, model_path: Path, workers: int) -> dict[str, Any]:
-    """(5) USS/PSS of the worker parent and children, model preloaded vs loaded per child."""
+    """(5) USS/PSS of the worker parent and children: baseline (small model only), the large
+    model preloaded before fork, and the large model loaded in each child."""
     import psutil
 
     from bench.data import make_rows
     from producer import InferenceClient
 
-    size = model_memory_mb(model_path)
-    out: dict[str, Any] = {"model_mb": size}
-    for label, extra in (("preloaded", {"INFERQ_PRELOAD": f"{model}:production"}),
-                         ("per_child", {"INFERQ_PRELOAD": ""})):  # fmt: skip
+    out: dict[str, Any] = {"model_mb": model_memory_mb(model_path)}
+    configs = (
+        ("baseline", "cheap", {"INFERQ_PRELOAD": "cheap:production"}),
+        ("preloaded", model, {"INFERQ_PRELOAD": f"{model}:production"}),
+        ("per_child", model, {"INFERQ_PRELOAD": ""}),
+    )
+    for label, scored_model, extra in configs:
         worker = Worker.inferq(settings, workers, f"mem-{label}", **extra)
         try:
             with InferenceClient(settings) as client:
                 # Enough messages that every child scores with the model (touching its pages).
                 ids = []
                 for _ in range(workers * 8):
-                    ids += client.submit(model, make_rows(200)[FEATURES])
-                client.wait(ids, timeout=300)
+                    ids += client.submit(scored_model, make_rows(200)[FEATURES])
+                client.wait(ids, timeout=600)
             time.sleep(1)
             parent_pid, child_pids = worker.pids()
             parent = psutil.Process(parent_pid).memory_full_info()
@@ -212,4 +216,7 @@ def memory(settings: Settings, model: str, model_path: Path, workers: int) -> di
             "child_uss_mb": [c.uss / 2**20 for c in children],
             "child_pss_mb": [c.pss / 2**20 for c in children],
         }
+    base = max(out["baseline"]["child_uss_mb"])
+    out["extra_child_mb"] = max(out["preloaded"]["child_uss_mb"]) - base
+    out["extra_child_per_child_load_mb"] = max(out["per_child"]["child_uss_mb"]) - base
     return out

@@ -63,9 +63,16 @@ def _esc(value: str) -> str:
 
 def _text_column(values: list[str | None]) -> list[str]:
     """COPY-escape a column of text; one scan of the joined column decides if any work is due."""
-    if not any(ch in "".join(v for v in values if v) for ch in _SPECIAL):
+    try:
+        joined = "".join(values)  # type: ignore[arg-type]
+    except TypeError:  # some values are None
+        joined = "".join(v for v in values if v is not None)
+        if any(ch in joined for ch in _SPECIAL):
+            return [_NULL if v is None else _esc(v) for v in values]
         return [_NULL if v is None else v for v in values]
-    return [_NULL if v is None else _esc(v) for v in values]
+    if any(ch in joined for ch in _SPECIAL):
+        return [_esc(v) for v in values]  # type: ignore[arg-type]
+    return values  # type: ignore[return-value]
 
 
 def _float_column(values: Any) -> list[str]:
@@ -74,23 +81,32 @@ def _float_column(values: Any) -> list[str]:
     return [_NULL if v != v else repr(v) for v in values.tolist()]
 
 
-def _proba_column(scored: ScoredBatch) -> list[str]:
+def _null_where_not_ok(column: list[str], ok: Any) -> list[str]:
+    return [v if good else _NULL for v, good in zip(column, ok.tolist(), strict=True)]
+
+
+def _proba_and_score_columns(scored: ScoredBatch) -> tuple[list[str], list[str]]:
+    """(probabilities as JSON text, score) columns; a binary score reuses P(classes_[1])."""
     n = len(scored.ok)
     if scored.proba is None or scored.classes is None:
-        return [_NULL] * n
+        scores = _float_column(scored.scores) if scored.scores is not None else [_NULL] * n
+        return [_NULL] * n, scores
     keys = [json.dumps(c) for c in scored.classes]
-    cells = [list(map(repr, row)) for row in scored.proba.tolist()]
     if len(keys) == 2:
         k0, k1 = keys
-        docs = [f"{{{k0}: {a}, {k1}: {b}}}" for a, b in cells]
+        p1 = list(map(repr, scored.proba[:, 1].tolist()))
+        docs = [f"{{{k0}: {a!r}, {k1}: {b}}}" for a, b in zip(scored.proba[:, 0].tolist(), p1,
+                                                               strict=True)]  # fmt: skip
+        scores = p1
     else:
-        docs = ["{" + ", ".join(f"{k}: {v}" for k, v in zip(keys, row, strict=True)) + "}"
-                for row in cells]  # fmt: skip
+        docs = ["{" + ", ".join(f"{k}: {v!r}" for k, v in zip(keys, row, strict=True)) + "}"
+                for row in scored.proba.tolist()]  # fmt: skip
+        scores = _float_column(scored.scores) if scored.scores is not None else [_NULL] * n
     if any("\\" in k for k in keys):
         docs = [_esc(d) for d in docs]
-    if scored.n_ok == n:
-        return docs
-    return [d if ok else _NULL for d, ok in zip(docs, scored.ok.tolist(), strict=True)]
+    if scored.n_ok < n:  # error rows carry NaN placeholders: NULL them
+        docs, scores = _null_where_not_ok(docs, scored.ok), _null_where_not_ok(scores, scored.ok)
+    return docs, scores
 
 
 def copy_payload(scored: ScoredBatch, worker: str, now: dt.datetime) -> str:
@@ -99,10 +115,13 @@ def copy_payload(scored: ScoredBatch, worker: str, now: dt.datetime) -> str:
     n = b.n_rows
     ids = _text_column(list(b.job_ids))
     keys = _text_column(b.keys) if b.keys is not None else [_NULL] * n
-    status = ["ok" if v else "error" for v in scored.ok.tolist()]
-    labels = _text_column(scored.label) if scored.labels is not None else [_NULL] * n
-    scores = _float_column(scored.scores) if scored.scores is not None else [_NULL] * n
-    probs = _proba_column(scored)
+    all_ok = scored.n_ok == n
+    status = ["ok"] * n if all_ok else ["ok" if v else "error" for v in scored.ok.tolist()]
+    if scored.labels is None:
+        labels = [_NULL] * n
+    else:
+        labels = _text_column(scored.labels if all_ok else scored.label)
+    probs, scores = _proba_and_score_columns(scored)
     errors = (
         _text_column([scored.errors.get(i) for i in range(n)]) if scored.errors else [_NULL] * n
     )

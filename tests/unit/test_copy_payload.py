@@ -1,0 +1,58 @@
+"""The COPY text payload: escaping, NULLs for error rows, exact floats, valid JSON."""
+
+import datetime as dt
+import json
+import re
+
+import numpy as np
+
+from common.contract import Batch
+from workers.inference import ScoredBatch
+from workers.results import COLUMNS, copy_payload
+
+_UNESCAPE = {"\\\\": "\\", "\\t": "\t", "\\n": "\n", "\\r": "\r"}
+
+
+def parse(payload: str) -> list[dict]:
+    rows = []
+    for line in payload.splitlines():
+        cells = [
+            None if c == "\\N" else re.sub(r"\\[\\tnr]", lambda m: _UNESCAPE[m.group()], c)
+            for c in line.split("\t")
+        ]
+        rows.append(dict(zip(COLUMNS, cells, strict=True)))
+    return rows
+
+
+def test_payload_round_trips_text_floats_json_and_nulls():
+    classes = ["a\tb", 'back\\slash "q"', "plain"]
+    proba = np.array([[0.1, 0.2, 0.7], [np.nan] * 3, [1 / 3, 1 / 3, 1 / 3]])
+    batch = Batch(model="m", version=3, job_ids=["j1", "j2", "j3"], x=np.zeros((3, 1)),
+                  keys=["k\n1", None, "k3"], run_id="r\\1")  # fmt: skip
+    scored = ScoredBatch(
+        batch=batch, model_name="m", model_version=3, ok=np.array([True, False, True]),
+        errors={1: "row 1: feature 'x'\tis NaN"}, labels=["plain", None, classes[0]],
+        scores=np.array([0.7, np.nan, 1 / 3]), proba=proba, classes=classes,
+    )  # fmt: skip
+    rows = parse(copy_payload(scored, "w:1", dt.datetime.now(dt.UTC)))
+    assert [r["key"] for r in rows] == ["k\n1", None, "k3"]
+    assert {r["run_id"] for r in rows} == {"r\\1"}
+    assert [r["status"] for r in rows] == ["ok", "error", "ok"]
+    assert [r["label"] for r in rows] == ["plain", None, "a\tb"]
+    assert [r["error"] for r in rows] == [None, "row 1: feature 'x'\tis NaN", None]
+    assert rows[1]["score"] is None and rows[1]["probabilities"] is None
+    assert float(rows[2]["score"]) == 1 / 3  # exact
+    doc = json.loads(rows[0]["probabilities"])
+    assert doc == dict(zip(classes, [0.1, 0.2, 0.7], strict=True))
+
+
+def test_binary_score_is_the_second_class_probability_text():
+    batch = Batch(model="m", version=1, job_ids=["a", "b"], x=np.zeros((2, 1)))
+    p = np.array([[0.25, 0.75], [0.9, 0.1]])
+    scored = ScoredBatch(batch=batch, model_name="m", model_version=1, ok=np.ones(2, bool),
+                         errors={}, labels=["1", "0"], scores=p[:, 1], proba=p,
+                         classes=["0", "1"])  # fmt: skip
+    rows = parse(copy_payload(scored, "w", dt.datetime.now(dt.UTC)))
+    assert [float(r["score"]) for r in rows] == [0.75, 0.1]
+    assert [json.loads(r["probabilities"]) for r in rows] == [{"0": 0.25, "1": 0.75},
+                                                              {"0": 0.9, "1": 0.1}]  # fmt: skip
