@@ -42,7 +42,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--naive-rows", type=int, help="naive sample size (default 3,000)")
     p.add_argument("--online-rate", type=float, default=200.0, help="online jobs per second")
     p.add_argument("--online-seconds", type=float, help="online duration (default 30)")
-    p.add_argument("--chunk-size", type=int, default=5000, help="bulk rows per message")
+    p.add_argument("--chunk-size", type=int, default=10_000, help="bulk rows per message")
     p.add_argument("--skip", default="", help="comma list: bulk,naive,online,memory,scale")
     p.add_argument(
         "--output",

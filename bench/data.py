@@ -37,9 +37,11 @@ def train_models(folder: Path, big_trees: int = 300, big_rows: int = 50_000) -> 
         "cheap": make_pipeline(StandardScaler(), LogisticRegression()).fit(train, y),
         "forest": RandomForestClassifier(n_estimators=100, max_depth=12, random_state=0,
                                          n_jobs=-1).fit(train, y),
-        "bigforest": RandomForestClassifier(n_estimators=big_trees, random_state=0,
-                                            n_jobs=-1).fit(big, _labels(big)),
     }  # fmt: skip
+    if big_trees > 0:  # only the memory scenario needs it
+        models["bigforest"] = RandomForestClassifier(
+            n_estimators=big_trees, random_state=0, n_jobs=-1
+        ).fit(big, _labels(big))
     paths = {}
     for name, model in models.items():
         if hasattr(model, "n_jobs"):

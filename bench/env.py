@@ -35,9 +35,11 @@ def bench_env() -> Iterator[Settings]:
     db = f"inferq_bench_{tag}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{db}"')
+    # An empty db of its own (it is flushed at the end): never one a test or user is using.
     redis_db = next(
         n for n in range(15, 0, -1)
-        if redis.Redis.from_url(f"{REDIS}/{n}").set("inferq-bench-claim", "1", nx=True, ex=7200)
+        if redis.Redis.from_url(f"{REDIS}/{n}").dbsize() == 0
+        and redis.Redis.from_url(f"{REDIS}/{n}").set("inferq-bench-claim", "1", nx=True, ex=7200)
     )  # fmt: skip
     home = Path(tempfile.mkdtemp(prefix="inferq-bench-"))
     settings = Settings(

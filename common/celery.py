@@ -61,8 +61,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_routing_key": settings.online_queue,
         "task_routes": {contract.SCORE_BATCH: {"queue": settings.online_queue}},
         # Flower and the metrics need events.
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
     }
 

@@ -41,7 +41,7 @@ class Settings(BaseSettings):
         default=1000, ge=1, le=100_000, description="Rows per message sent by the producer."
     )
     bulk_chunk_size: int = Field(
-        default=5000,
+        default=10_000,
         ge=1,
         le=100_000,
         description="Rows per message of `inferq score` runs (bulk queue).",
@@ -63,6 +63,12 @@ class Settings(BaseSettings):
         ge=0,
         description="How long a producer reuses an alias -> version lookup (a promote reaches "
         "online submits within this time); 0 = look it up on every submit.",
+    )
+    task_events: bool = Field(
+        default=True,
+        description="Send Celery task events (Flower's task and throughput views need them). "
+        "They cost CPU per message: at 200 single-row jobs/s on 2 cores, p99 latency "
+        "19.5 ms without vs ~51-78 ms with.",
     )
     online_queue: str = "online"
     bulk_queue: str = "bulk"

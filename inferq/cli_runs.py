@@ -69,7 +69,7 @@ def score(
         None, "--run-id", help="Name the run; the same id again resumes it."
     ),
     chunk_size: int | None = typer.Option(
-        None, "--chunk-size", min=1, max=100_000, help="Rows per message (default 5000)."
+        None, "--chunk-size", min=1, max=100_000, help="Rows per message (default 10000)."
     ),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until every row is scored."),
     timeout: float | None = typer.Option(None, "--timeout", help="Give up waiting after N s."),

@@ -3,7 +3,7 @@
 A run is recorded in `scoring_runs` before its first message is sent. The input is cut into
 chunks of exactly ``chunk_size`` rows (chunk *k* always holds the same rows of the same
 input), each sent as one message with the deterministic batch id ``<run_id>.<k>`` and job ids
-``uuid5(run_id, id value)``. `scoring_run_chunks` records what was enqueued; a chunk counts as
+``<run token>:<id value>``. `scoring_run_chunks` records what was enqueued; a chunk counts as
 committed when its batch id is in `prediction_batches`, which the worker writes in the same
 transaction as the result rows. So progress is exact, and re-running the same run id sends
 only the chunks not yet committed; a chunk sent twice is a no-op on the worker.
@@ -12,6 +12,7 @@ only the chunks not yet committed; a chunk sent twice is a no-op on the worker.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 import time
 import uuid
@@ -31,9 +32,10 @@ from producer.client import InferenceClient
 from producer.encoding import to_matrix
 from producer.sources import Source
 
-_JOB_NS = uuid.UUID("5b0c6a52-6f1e-4c55-9a55-0d7f3c1e9a11")
-#: Messages published per kombu batch (one Redis pipeline) before the ledger is updated.
+#: A kombu publish batch (one Redis pipeline) ends at this many messages or rows; then the
+#: chunk ledger is updated and backpressure is checked.
 PUBLISH_GROUP = 50
+PUBLISH_GROUP_ROWS = 100_000
 FINAL = ("done", "failed")
 
 
@@ -85,9 +87,34 @@ def _aware(t: dt.datetime) -> dt.datetime:
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
+def run_token(run_id: str) -> str:
+    """16 hex characters standing for a run id inside its job ids."""
+    return hashlib.blake2b(run_id.encode(), digest_size=8).hexdigest()
+
+
+def job_ids_for(run_id: str, row_ids: list[str | None], first_row: int = 0) -> list[str]:
+    """Deterministic job ids of a run's rows: ``<run token>:<row id>``.
+
+    Readable and one string concatenation per row (uuid5 cost 5 µs/row, 60% of the producer's
+    CPU). Ids longer than 200 characters are hashed; a missing id uses the row number behind a
+    different separator, so it can never equal a real id.
+    """
+    token = run_token(run_id)
+    prefix = token + ":"
+    out = []
+    for i, row_id in enumerate(row_ids):
+        if row_id is None:
+            out.append(f"{token}#{first_row + i}")
+        elif len(row_id) <= 200:
+            out.append(prefix + row_id)
+        else:
+            out.append(token + "~" + hashlib.blake2b(row_id.encode(), digest_size=16).hexdigest())
+    return out
+
+
 def job_id_for(run_id: str, row_id: str) -> str:
-    """Deterministic job id of one input row of a run."""
-    return uuid.uuid5(_JOB_NS, f"{run_id}\x00{row_id}").hex
+    """Deterministic job id of one input row of a run (see job_ids_for)."""
+    return job_ids_for(run_id, [row_id])[0]
 
 
 def default_run_id(model: str) -> str:
@@ -236,10 +263,7 @@ class BulkScorer:
         keys: list[str | None] = [
             None if m else str(v) for v, m in zip(ids.tolist(), missing_id, strict=True)
         ]
-        job_ids = [
-            job_id_for(run.run_id, k if k is not None else f"\x00row{first_row + i}")
-            for i, k in enumerate(keys)
-        ]
+        job_ids = job_ids_for(run.run_id, keys, first_row)
         names = run.mv.feature_names
         x, errors = to_matrix(
             piece[run.feature_columns], run.mv.n_features, names, run.mv.ref, offset=first_row
@@ -277,7 +301,10 @@ class BulkScorer:
                     )
                 chunk_no += 1
                 first_row += len(piece)
-                if len(pending) >= PUBLISH_GROUP:
+                if (
+                    len(pending) >= PUBLISH_GROUP
+                    or len(pending) * run.chunk_size >= PUBLISH_GROUP_ROWS
+                ):
                     sent += self._flush(run, pending)
                     pending = []
                     if limit:

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Connection, Engine, insert
 
 from common.schema import prediction_batches, predictions
@@ -88,20 +89,27 @@ def _null_where_not_ok(column: list[str], ok: Any) -> list[str]:
 def _proba_and_score_columns(scored: ScoredBatch) -> tuple[list[str], list[str]]:
     """(probabilities as JSON text, score) columns; a binary score reuses P(classes_[1])."""
     n = len(scored.ok)
+
+    def formatted_scores() -> list[str]:
+        return _float_column(scored.scores) if scored.scores is not None else [_NULL] * n
+
     if scored.proba is None or scored.classes is None:
-        scores = _float_column(scored.scores) if scored.scores is not None else [_NULL] * n
-        return [_NULL] * n, scores
+        return [_NULL] * n, formatted_scores()
     keys = [json.dumps(c) for c in scored.classes]
     if len(keys) == 2:
         k0, k1 = keys
         p1 = list(map(repr, scored.proba[:, 1].tolist()))
         docs = [f"{{{k0}: {a!r}, {k1}: {b}}}" for a, b in zip(scored.proba[:, 0].tolist(), p1,
                                                                strict=True)]  # fmt: skip
-        scores = p1
+        # A binary score is P(classes_[1]): reuse its text instead of formatting it twice.
+        same = scored.scores is not None and np.array_equal(
+            scored.scores, scored.proba[:, 1], equal_nan=True
+        )
+        scores = p1 if same else formatted_scores()
     else:
         docs = ["{" + ", ".join(f"{k}: {v!r}" for k, v in zip(keys, row, strict=True)) + "}"
                 for row in scored.proba.tolist()]  # fmt: skip
-        scores = _float_column(scored.scores) if scored.scores is not None else [_NULL] * n
+        scores = formatted_scores()
     if any("\\" in k for k in keys):
         docs = [_esc(d) for d in docs]
     if scored.n_ok < n:  # error rows carry NaN placeholders: NULL them

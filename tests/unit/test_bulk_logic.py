@@ -8,7 +8,7 @@ import pytest
 
 from common.errors import InvalidInput, MissingColumns
 from models.registry import ModelVersion
-from producer.bulk import BulkScorer, job_id_for, rechunk
+from producer.bulk import BulkScorer, job_id_for, job_ids_for, rechunk, run_token
 from producer.sources import CsvSource, open_source
 
 
@@ -31,7 +31,12 @@ def test_job_ids_are_deterministic_per_run_and_row_id():
     assert job_id_for("run1", "c1") == job_id_for("run1", "c1")
     assert job_id_for("run1", "c1") != job_id_for("run2", "c1")
     assert job_id_for("run1", "c1") != job_id_for("run1", "c2")
-    assert len(job_id_for("r", "x")) == 32
+    assert job_id_for("run1", "c1") == run_token("run1") + ":c1"  # readable
+    ids = job_ids_for("run1", ["a", None, "x" * 500, "x" * 501, None], first_row=10)
+    assert len(set(ids)) == 5 and ids[1] == run_token("run1") + "#11"
+    assert all(len(i) <= 217 for i in ids)  # long ids are hashed
+    # A real id can never collide with the id of a row whose id is missing.
+    assert job_id_for("run1", "#11") != ids[1]
 
 
 def _mv(names, n=3):
