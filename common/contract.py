@@ -153,8 +153,12 @@ def decode_batch(payload: dict[str, Any]) -> Batch:
     if len(raw) != n * w * WIRE_DTYPE.itemsize:
         raise ContractError(f"matrix has {len(raw)} bytes, expected {n * w * 8} for {n}x{w}")
     keys = payload.get("keys")
-    if keys is not None and (not isinstance(keys, list) or len(keys) != n):
-        raise ContractError("keys must be a list with one entry per job id")
+    if keys is not None and (
+        not isinstance(keys, list)
+        or len(keys) != n
+        or not all(k is None or isinstance(k, str) for k in keys)
+    ):
+        raise ContractError("keys must be a list with one text (or null) entry per job id")
     err_rows = payload.get("err_rows") or []
     err_msgs = payload.get("err_msgs") or []
     if len(err_rows) != len(err_msgs) or not all(
@@ -163,6 +167,10 @@ def decode_batch(payload: dict[str, Any]) -> Batch:
         raise ContractError("err_rows/err_msgs are inconsistent")
     version = _require(payload, "version", int)
     run_id = payload.get("run_id")
+    submitted_at = payload.get("submitted_at") or time.time()
+    row_offset = payload.get("row_offset") or 0
+    if not isinstance(submitted_at, int | float) or not isinstance(row_offset, int):
+        raise ContractError("submitted_at must be a number and row_offset an integer")
     return Batch(
         model=_require(payload, "model", str),
         version=version,
@@ -172,6 +180,6 @@ def decode_batch(payload: dict[str, Any]) -> Batch:
         row_errors=dict(zip(err_rows, (str(m) for m in err_msgs), strict=True)),
         batch_id=_require(payload, "batch_id", str),
         run_id=run_id if isinstance(run_id, str) else None,
-        submitted_at=float(payload.get("submitted_at") or time.time()),
-        row_offset=int(payload.get("row_offset") or 0),
+        submitted_at=float(submitted_at),
+        row_offset=row_offset,
     )

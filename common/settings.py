@@ -53,6 +53,12 @@ class Settings(BaseSettings):
         "sent but not yet committed (bounds Redis memory, ~0.3 GB per million 20-feature "
         "rows); 0 = no limit.",
     )
+    bulk_stall_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="A bulk run held back by INFERQ_BULK_MAX_QUEUED_ROWS gives up (exit 1, "
+        "resumable) after this long without any row committed.",
+    )
     max_submit_rows: int = Field(
         default=1_000_000,
         ge=1,

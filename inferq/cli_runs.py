@@ -80,12 +80,36 @@ def score(
 ) -> None:
     """Score a CSV/Parquet file or a SQL query in bulk; results land in `predictions`."""
     from producer import InferenceClient
-    from producer.bulk import BulkScorer, RunFailed
     from producer.sources import open_source
 
     settings = get_settings()
     client = InferenceClient(settings)
-    source = open_source(input_path, sql, source_url, settings.effective_database_url)
+    try:
+        source = open_source(input_path, sql, source_url, settings.effective_database_url)
+        try:
+            code, result, errors = _run(client, source, model, id_column, run_id, chunk_size,
+                                        max_error_rate, wait, timeout, as_json)  # fmt: skip
+        finally:
+            close = getattr(source, "close", None)
+            if close:
+                close()
+    finally:
+        client.close()
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
+    else:
+        _print_summary(result, errors)
+    raise typer.Exit(code)
+
+
+def _run(
+    client: Any, source: Any, model: str, id_column: str, run_id: str | None,
+    chunk_size: int | None, max_error_rate: float | None, wait: bool, timeout: float | None,
+    as_json: bool,
+) -> tuple[int, Any, list[tuple[str, int]]]:  # fmt: skip
+    """Prepare, enqueue and (optionally) wait; returns (exit code, progress, error breakdown)."""
+    from producer.bulk import BulkScorer, RunFailed
+
     scorer = BulkScorer(client)
     run = scorer.prepare(
         source, model, id_column, run_id=run_id, chunk_size=chunk_size,
@@ -131,12 +155,8 @@ def score(
     finally:
         if bar is not None:
             bar.stop()
-        client.close()
-    if as_json:
-        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
-    else:
-        _print_summary(result, scorer.error_breakdown(run.run_id) if result.scored_error else [])
-    raise typer.Exit(code)
+    errors = scorer.error_breakdown(run.run_id) if result.scored_error and not as_json else []
+    return code, result, errors
 
 
 def _print_summary(p: Any, errors: list[tuple[str, int]]) -> None:

@@ -70,6 +70,13 @@ def inspect_estimator(obj: Any, path: str = "<object>") -> EstimatorInfo:
         check_is_fitted(obj)
     except NotFittedError:
         raise NotAnEstimator(path, f"{name} is not fitted; call fit() before saving it") from None
+    final = obj.steps[-1][1] if hasattr(obj, "steps") else obj
+    coef_shape: tuple[int, ...] = getattr(getattr(final, "coef_", None), "shape", ())
+    multi = getattr(final, "n_outputs_", 1) > 1 or (
+        task == "regressor" and len(coef_shape) == 2 and coef_shape[0] > 1
+    )
+    if multi:
+        raise NotAnEstimator(path, f"{name} predicts several outputs per row; not supported")
     n_features = getattr(obj, "n_features_in_", None)
     if not isinstance(n_features, int | float) or n_features < 1:
         raise NotAnEstimator(path, f"{name} does not record n_features_in_")

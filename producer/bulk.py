@@ -105,7 +105,7 @@ def job_ids_for(run_id: str, row_ids: list[str | None], first_row: int = 0) -> l
     for i, row_id in enumerate(row_ids):
         if row_id is None:
             out.append(f"{token}#{first_row + i}")
-        elif len(row_id) <= 200:
+        elif len(row_id) <= 200 and "\x00" not in row_id:
             out.append(prefix + row_id)
         else:
             out.append(token + "~" + hashlib.blake2b(row_id.encode(), digest_size=16).hexdigest())
@@ -226,7 +226,9 @@ class BulkScorer:
                 # Every chunk is committed: nothing to send, leave the record as it is.
                 return Run(run_id, mv, source, id_column, features, chunk_size, committed,
                            resumed=True, complete=True)  # fmt: skip
-            extra = {"max_error_rate": max_error_rate} if max_error_rate is not None else {}
+            extra: dict[str, Any] = {}
+            if max_error_rate is not None:
+                extra["max_error_rate"] = max_error_rate
             self._set(run_id, status="enqueuing", error=None, finished_at=None, **extra)
         return Run(
             run_id, mv, source, id_column, features, chunk_size, committed, existing is not None
@@ -329,7 +331,9 @@ class BulkScorer:
                 finished_at=dt.datetime.now(dt.UTC),
             )
             raise InvalidInput(f"{run.source.description} has no rows to score")
-        self._set(run.run_id, status="running", total_rows=first_row, n_chunks=chunk_no)
+        # Only from 'enqueuing': a resumed run may already have been finalised meanwhile.
+        self._set(run.run_id, status="running", total_rows=first_row, n_chunks=chunk_no,
+                  only_if_status="enqueuing")  # fmt: skip
         return sent
 
     def _throttle(
@@ -341,10 +345,20 @@ class BulkScorer:
         on_progress: Callable[[RunProgress], None] | None,
     ) -> None:
         """Wait while more than ``limit`` rows sent in this session are not yet committed."""
+        stall = self.client.settings.bulk_stall_seconds
+        last_scored, last_change = -1, time.monotonic()
         while True:
             current = self.progress(run_id)
             if sent - (current.scored - scored_at_start) <= limit:
                 return
+            if current.scored != last_scored:
+                last_scored, last_change = current.scored, time.monotonic()
+            elif time.monotonic() - last_change > stall:
+                raise RunFailed(
+                    f"no rows committed for {stall:g}s while {limit:,}+ rows wait in the "
+                    f"queue: are workers consuming '{self.client.settings.bulk_queue}'? "
+                    "Run the same command again to resume."
+                )
             if on_progress:
                 on_progress(current)
             time.sleep(0.2)
@@ -386,12 +400,14 @@ class BulkScorer:
         with self.engine.connect() as conn:
             return conn.execute(select(scoring_runs).where(scoring_runs.c.run_id == run_id)).first()
 
-    def _set(self, run_id: str, **values: Any) -> None:
+    def _set(self, run_id: str, only_if_status: str | None = None, **values: Any) -> None:
+        """Update the run record (only while it has ``only_if_status``, when given)."""
         values["updated_at"] = dt.datetime.now(dt.UTC)
+        stmt = update(scoring_runs).where(scoring_runs.c.run_id == run_id)
+        if only_if_status is not None:
+            stmt = stmt.where(scoring_runs.c.status == only_if_status)
         with self.engine.begin() as conn:
-            conn.execute(
-                update(scoring_runs).where(scoring_runs.c.run_id == run_id).values(**values)
-            )
+            conn.execute(stmt.values(**values))
 
     def _committed_chunks(self, run_id: str) -> set[int]:
         query = (
@@ -461,6 +477,12 @@ class BulkScorer:
             error = (
                 f"{row.total_rows - ok - err} input rows share an id with another row; "
                 f"values of id column {row.id_column!r} must be unique"
+            )
+        elif ok + err > row.total_rows:
+            status = "failed"
+            error = (
+                f"{ok + err - row.total_rows} more result rows than input rows: the input "
+                "changed between runs of this run id"
             )
         elif row.max_error_rate is not None and err > row.max_error_rate * row.total_rows:
             status = "failed"

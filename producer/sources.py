@@ -135,7 +135,7 @@ class SqlSource:
     def _wrapped(self, outer: str) -> Any:
         from sqlalchemy import text
 
-        return text(outer.format(q=self.query))
+        return text(outer.replace("{q}", self.query))
 
     def columns(self) -> list[str]:
         try:
@@ -151,7 +151,10 @@ class SqlSource:
             return int(count or 0)
 
     def chunks(self, rows: int, columns: list[str], id_column: str) -> Iterator[pd.DataFrame]:
-        query = self._wrapped("SELECT * FROM ({q}) AS src")
+        # IMPORTANT: chunk k must hold the same rows on every run of a run id (resume skips
+        # committed chunks by number), so rows are always ordered by the id column.
+        quoted = self._engine.dialect.identifier_preparer.quote(id_column)
+        query = self._wrapped("SELECT * FROM ({q}) AS src ORDER BY src." + quoted)
         with self._engine.connect().execution_options(stream_results=True) as conn:
             for frame in pd.read_sql(query, conn, chunksize=rows):
                 yield frame[columns]

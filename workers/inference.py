@@ -199,8 +199,81 @@ def _predict(
     return idx, scores, proba
 
 
-def score_batch(model: Any, info: ModelInfo, batch: Batch) -> ScoredBatch:
-    """Validate every row, predict the valid ones in one call, and build one result per job."""
+def _checked_predict(
+    model: Any, info: ModelInfo, x: np.ndarray
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    idx, scores, proba = predict_arrays(model, info, x)
+    if scores.shape != (len(x),):
+        raise ValueError(
+            f"the model returned {scores.size} values for {len(x)} rows "
+            "(multi-output models are not supported)"
+        )
+    return idx, scores, proba
+
+
+#: Single-row failures with no success before the model is treated as failing on every row.
+MAX_ROW_PROBES = 16
+
+
+def _isolate_failures(
+    model: Any, info: ModelInfo, batch: Batch, rows: np.ndarray, first: Exception,
+    reraise: tuple[type[BaseException], ...],
+) -> tuple[np.ndarray, list[Any], dict[int, str]]:  # fmt: skip
+    """The batch's predict raised: bisect to find the rows the model fails on.
+
+    Returns (rows that scored, their outputs in order, {row: message} for the rest). A model
+    that fails on every probed row gets every remaining row answered with its error.
+    """
+    good: list[np.ndarray] = []
+    outputs: list[Any] = []
+    errors: dict[int, str] = {}
+    failed_singles = 0
+
+    def why(exc: BaseException) -> str:
+        return f"{type(exc).__name__}: {exc}"[:300]
+
+    def visit(sub: np.ndarray) -> None:
+        nonlocal failed_singles
+        if failed_singles >= MAX_ROW_PROBES and not good:
+            for i in sub.tolist():
+                errors[i] = f"row {batch.row_offset + i}: the model failed ({why(first)})"
+            return
+        try:
+            out = _checked_predict(model, info, batch.x[sub])
+        except reraise:
+            raise
+        except Exception as exc:
+            if len(sub) == 1:
+                failed_singles += 1
+                i = int(sub[0])
+                errors[i] = f"row {batch.row_offset + i}: the model failed on this row ({why(exc)})"
+                return
+            mid = len(sub) // 2
+            visit(sub[:mid])
+            visit(sub[mid:])
+            return
+        good.append(sub)
+        outputs.append(out)
+
+    visit(rows)
+    return (np.concatenate(good) if good else np.array([], dtype=np.intp)), outputs, errors
+
+
+def _join_outputs(outputs: list[Any]) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    idx = None if outputs[0][0] is None else np.concatenate([o[0] for o in outputs])
+    scores = np.concatenate([o[1] for o in outputs])
+    proba = None if outputs[0][2] is None else np.concatenate([o[2] for o in outputs])
+    return idx, scores, proba
+
+
+def score_batch(
+    model: Any, info: ModelInfo, batch: Batch, reraise: tuple[type[BaseException], ...] = ()
+) -> ScoredBatch:
+    """Validate every row, predict the valid ones in one call, and build one result per job.
+
+    If the model raises, the rows it fails on are found by bisection and answered with the
+    error; the other rows are still scored. Exceptions in ``reraise`` (a time limit) escape.
+    """
     import time
 
     n = batch.n_rows
@@ -215,14 +288,25 @@ def score_batch(model: Any, info: ModelInfo, batch: Batch) -> ScoredBatch:
         return scored
     started = time.perf_counter()
     x = batch.x if len(rows) == n else batch.x[rows]
-    idx, scores, proba = predict_arrays(model, info, x)
+    try:
+        idx, scores, proba = _checked_predict(model, info, x)
+    except reraise:
+        raise
+    except Exception as exc:
+        rows, outputs, failed = _isolate_failures(model, info, batch, rows, exc, reraise)
+        errors.update(failed)
+        ok[list(failed)] = False
+        if not len(rows):
+            scored.predict_ms = (time.perf_counter() - started) * 1000
+            return scored
+        idx, scores, proba = _join_outputs(outputs)
     scored.predict_ms = (time.perf_counter() - started) * 1000
     if len(rows) == n:
         scored.scores, scored.proba = scores, proba
         if idx is not None:
             scored.labels = np.asarray(info.classes, dtype=object)[idx].tolist()
         return scored
-    # Scatter the valid rows' outputs back to their positions; invalid rows stay empty.
+    # Scatter the scored rows' outputs back to their positions; other rows stay empty.
     scored.scores = np.full(n, np.nan)
     scored.scores[rows] = scores
     if proba is not None:

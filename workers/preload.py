@@ -87,27 +87,31 @@ class WorkerRuntime:
     def preload(self) -> list[str]:
         """Load the configured models (default: every 'production' alias); returns their refs."""
         specs = self.settings.preload_specs()
-        targets: list[registry.ModelVersion] = []
-        if specs is None:
-            for name, pinned in registry.alias_targets(self.engine):
-                targets.append(registry.get_version(self.engine, name, pinned))
-        else:
-            for spec in specs:
-                name, version, alias = registry.parse_ref(spec)
-                targets.append(registry.resolve(self.engine, name, version, alias))
         loaded = []
-        for mv in targets:
-            try:
-                self._preloaded[(mv.name, mv.version)] = self._load(mv, preloaded=True)
-                loaded.append(mv.ref)
-            except Exception as exc:
-                # A broken artifact must not stop the worker serving the other models; its
-                # messages get error rows with this same message when they arrive.
-                self.preload_failures[mv.ref] = str(exc)
-        # IMPORTANT: close the parent's connections before fork; children open their own.
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
+        try:
+            targets: list[registry.ModelVersion] = []
+            if specs is None:
+                for name, pinned in registry.alias_targets(self.engine):
+                    targets.append(registry.get_version(self.engine, name, pinned))
+            for spec in specs or []:
+                try:
+                    name, version, alias = registry.parse_ref(spec)
+                    targets.append(registry.resolve(self.engine, name, version, alias))
+                except Exception as exc:  # one bad INFERQ_PRELOAD entry must not stop the rest
+                    self.preload_failures[spec] = str(exc)
+            for mv in targets:
+                try:
+                    self._preloaded[(mv.name, mv.version)] = self._load(mv, preloaded=True)
+                    loaded.append(mv.ref)
+                except Exception as exc:
+                    # A broken artifact must not stop the worker serving the other models;
+                    # its messages get error rows with this same message when they arrive.
+                    self.preload_failures[mv.ref] = str(exc)
+        finally:
+            # IMPORTANT: close the parent's connections before fork; children open their own.
+            if self._engine is not None:
+                self._engine.dispose()
+                self._engine = None
         return loaded
 
     @property

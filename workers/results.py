@@ -5,10 +5,11 @@ Postgres, exactly one row per job:
    ledger row into `prediction_batches` (lineage and timings). The common case is this one
    transaction, at COPY speed, with three round trips.
 2. If any job id already has a row (a redelivered message, or a caller re-submitting ids),
-   the primary key makes the COPY fail; the transaction is rolled back and redone as COPY
-   into a temp table + INSERT ... ON CONFLICT (job_id) DO NOTHING (first result wins) +
-   ledger INSERT ... ON CONFLICT DO NOTHING. A concurrent duplicate blocks on the first
-   writer's uncommitted keys, then takes this path too.
+   the primary key makes the COPY fail; the transaction is rolled back and redone as:
+   ledger INSERT ... ON CONFLICT DO NOTHING (already there: a redelivery, write nothing),
+   COPY into a temp table + INSERT ... ON CONFLICT (job_id) DO NOTHING (first result wins).
+   A concurrent duplicate blocks on the first writer's uncommitted keys, then takes this
+   path too.
 
 The COPY payload is built column-wise (one string per row from pre-formatted columns, no
 per-row tuple, dict or json.dumps), which keeps the writer near COPY speed.
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, Engine, insert
+from sqlalchemy import Connection, Engine, insert, update
 
 from common.schema import prediction_batches, predictions
 from workers.inference import ScoredBatch
@@ -37,7 +38,7 @@ COLUMNS = (
 _COPY_SQL = f"COPY {{table}} ({', '.join(COLUMNS)}) FROM STDIN"
 _STAGE = "inferq_stage_predictions"
 _NULL = "\\N"
-_SPECIAL = ("\\", "\t", "\n", "\r")
+_SPECIAL = ("\\", "\t", "\n", "\r", "\x00")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +54,13 @@ class WriteReport:
 def _esc(value: str) -> str:
     """Escape one value for COPY's text format."""
     if any(ch in value for ch in _SPECIAL):
+        # NOTE: Postgres text cannot hold NUL: it becomes U+FFFD instead of failing the batch.
         return (
             value.replace("\\", "\\\\")
             .replace("\t", "\\t")
             .replace("\n", "\\n")
             .replace("\r", "\\r")
+            .replace("\x00", "\ufffd")
         )
     return value
 
@@ -209,6 +212,12 @@ def _write_postgres(
             raise
     # Some job ids (or the whole batch) already have rows: keep the first result of each.
     with engine.begin() as conn:
+        # Claim the batch first: a redelivered batch writes nothing, even if its job ids
+        # differ from the first delivery's.
+        ms = (time.perf_counter() - started) * 1000
+        values = _ledger_values(scored, worker, received_at, decode_ms, 0, ms)
+        if not _insert_ledger(conn, values, if_absent=True):
+            return WriteReport(0, True, ms)
         cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         cur.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} "
@@ -221,9 +230,12 @@ def _write_postgres(
         )
         written = cur.rowcount
         ms = (time.perf_counter() - started) * 1000
-        values = _ledger_values(scored, worker, received_at, decode_ms, written, ms)
-        fresh = _insert_ledger(conn, values, if_absent=True)
-    return WriteReport(written, not fresh, ms)
+        conn.execute(
+            update(prediction_batches)
+            .where(prediction_batches.c.batch_id == scored.batch.batch_id)
+            .values(n_written=written, write_ms=ms)
+        )
+    return WriteReport(written, False, ms)
 
 
 def _write_sqlite(
@@ -244,11 +256,17 @@ def _write_sqlite(
                                             strict=True)
     ]  # fmt: skip
     with engine.begin() as conn:
+        values = _ledger_values(scored, worker, received_at, decode_ms, 0, 0.0)
+        if not _insert_ledger(conn, values, if_absent=True):  # redelivered batch: no-op
+            return WriteReport(0, True, (time.perf_counter() - started) * 1000)
         written = conn.execute(insert(predictions).prefix_with("OR IGNORE"), params).rowcount
         ms = (time.perf_counter() - started) * 1000
-        values = _ledger_values(scored, worker, received_at, decode_ms, written, ms)
-        fresh = _insert_ledger(conn, values, if_absent=True)
-    return WriteReport(written, not fresh, ms)
+        conn.execute(
+            update(prediction_batches)
+            .where(prediction_batches.c.batch_id == b.batch_id)
+            .values(n_written=written, write_ms=ms)
+        )
+    return WriteReport(written, False, ms)
 
 
 def write_results(

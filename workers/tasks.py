@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError, OperationalError
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -21,9 +22,15 @@ log = logging.getLogger("inferq.worker")
 
 
 def _transient(exc: BaseException) -> bool:
+    """Connection loss, shutdown, deadlock, cancelled query: worth retrying."""
+    import psycopg
+
     if isinstance(exc, OperationalError):
         return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    # NOTE: COPY runs on the raw psycopg cursor, so its errors arrive unwrapped.
+    return isinstance(getattr(exc, "orig", exc), psycopg.OperationalError)
 
 
 @retry(
@@ -44,8 +51,8 @@ def _write(scored: ScoredBatch, worker: str, received_at: float, decode_ms: floa
         raise
 
 
-def _score(batch: contract.Batch) -> ScoredBatch:
-    """Score a decoded batch, turning a model that cannot be served into error rows."""
+def _score(batch: contract.Batch, time_limit: int) -> ScoredBatch:
+    """Score a decoded batch; whatever goes wrong with the model becomes error rows."""
     try:
         loaded = runtime.get().get_model(batch.model, batch.version)
     except Exception as exc:  # unknown model/version, artifact refused, unreadable file
@@ -53,7 +60,19 @@ def _score(batch: contract.Batch) -> ScoredBatch:
             raise TransientError(f"registry unavailable: {exc}") from exc
         log.error("batch %s: cannot serve model: %s", batch.batch_id, exc)
         return error_batch(batch, f"model {batch.model}@{batch.version} unavailable: {exc}")
-    return score_batch(loaded.estimator, loaded.info, batch)
+    try:
+        return score_batch(loaded.estimator, loaded.info, batch, reraise=(SoftTimeLimitExceeded,))
+    except SoftTimeLimitExceeded:
+        # The hard limit kills the process 30 s later: answer the jobs while there is time.
+        log.error("batch %s: soft time limit reached while scoring", batch.batch_id)
+        return error_batch(
+            batch,
+            f"scoring took longer than the time limit ({time_limit - 30} s); send smaller "
+            "batches or raise INFERQ_TASK_TIME_LIMIT",
+        )
+    except Exception as exc:  # a bug on our side: still answer every job
+        log.exception("batch %s: unexpected error while scoring", batch.batch_id)
+        return error_batch(batch, f"internal error while scoring: {type(exc).__name__}: {exc}")
 
 
 def _malformed(payload: dict[str, Any], exc: ContractError) -> ScoredBatch:
@@ -79,7 +98,7 @@ def score_batch_task(self: Any, **payload: Any) -> dict[str, Any]:
     try:
         batch = contract.decode_batch(payload)
         decode_ms = (time.perf_counter() - started) * 1000
-        scored = _score(batch)
+        scored = _score(batch, runtime.get().settings.task_time_limit)
     except ContractError as exc:
         log.error("malformed message: %s", exc)
         scored, decode_ms = _malformed(payload, exc), 0.0

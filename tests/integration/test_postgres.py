@@ -117,3 +117,18 @@ def test_sql_looking_values_are_stored_literally(pg_settings):
         row = conn.execute(text("SELECT key, error FROM predictions")).one()
     assert row.key == nasty and row.error == nasty
     engine.dispose()
+
+
+def test_redelivered_batch_with_different_job_ids_writes_nothing(pg_settings):
+    engine = make_engine(pg_settings)
+    write_results(engine, _scored(["a", "b"], batch_id="b1"), "w", received_at=0)
+    write_results(engine, _scored(["z"], batch_id="other"), "w", received_at=0)
+    # Same batch id again, but with one old and one new job id (ids regenerated upstream).
+    report = write_results(engine, _scored(["a", "c"], batch_id="b1"), "w", received_at=0)
+    assert (report.n_written, report.duplicate_batch) == (0, True)
+    report = write_results(engine, _scored(["d", "e"], batch_id="b1"), "w", received_at=0)
+    assert (report.n_written, report.duplicate_batch) == (0, True)
+    with engine.connect() as conn:
+        ids = sorted(conn.execute(select(predictions.c.job_id)).scalars())
+    assert ids == ["a", "b", "z"]
+    engine.dispose()

@@ -8,6 +8,7 @@ import sys
 import producer
 from producer import InferenceClient
 import common.celery, common.contract, common.schema, models.registry
+import producer.bulk, producer.sources, producer.encoding
 heavy = sorted(m for m in ("sklearn", "joblib", "scipy", "workers") if m in sys.modules)
 assert not heavy, f"producer imported {heavy}"
 print("clean")

@@ -148,3 +148,65 @@ def test_named_pipelines_get_arrays_unless_a_step_selects_columns(binary_model):
         expected = model.predict_proba(pd.DataFrame(x, columns=frame.columns))[:, 1]
         # Same numbers either way (to the last bits: BLAS sums in layout-dependent order).
         assert np.max(np.abs(np.array(scored.score) - expected)) <= 1e-12
+
+
+class Picky:
+    """A model that raises on rows whose first feature is above 100 (like a broken step)."""
+
+    def __init__(self, inner, always=False):
+        self.inner, self.always, self.calls = inner, always, 0
+
+    def predict_proba(self, x):
+        self.calls += 1
+        if self.always or (np.asarray(x)[:, 0] > 100).any():
+            raise ValueError("input contains an impossible value")
+        return self.inner.predict_proba(x)
+
+
+def test_rows_the_model_fails_on_get_errors_and_the_rest_is_scored(multiclass_model):
+    inner = multiclass_model.model
+    x = np.array(multiclass_model.x[:40], dtype=float)
+    x[[3, 27], 0] = 1000.0
+    info = info_for(inner)
+    scored = score_batch(Picky(inner), info, batch_of(x, row_offset=500))
+    assert [i for i, s in enumerate(scored.status) if s == "error"] == [3, 27]
+    assert scored.error[3] == (
+        "row 503: the model failed on this row (ValueError: input contains an impossible value)"
+    )
+    good = np.delete(np.arange(40), [3, 27])
+    assert [scored.label[i] for i in good] == inner.predict(x[good]).tolist()
+
+
+def test_a_model_that_always_fails_answers_every_row_after_few_probes(multiclass_model):
+    model = Picky(multiclass_model.model, always=True)
+    x = np.array(multiclass_model.x[:150], dtype=float)
+    scored = score_batch(model, info_for(multiclass_model.model), batch_of(x))
+    assert scored.n_error == 150 and "the model failed" in scored.error[149]
+    assert model.calls < 60  # gave up after MAX_ROW_PROBES single rows, not 150+ calls
+
+
+def test_reraise_lets_time_limits_escape(multiclass_model):
+    class Limit(Exception):
+        pass
+
+    class Slow:
+        def predict_proba(self, x):
+            raise Limit
+
+    with pytest.raises(Limit):
+        score_batch(Slow(), info_for(multiclass_model.model),
+                    batch_of(np.zeros((3, 4))), reraise=(Limit,))  # fmt: skip
+
+
+def test_multi_output_regressors_are_refused_at_registration():
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.linear_model import LinearRegression
+
+    from common.errors import NotAnEstimator
+
+    x = np.random.default_rng(0).normal(size=(50, 3))
+    y2 = np.c_[x[:, 0], x[:, 1]]
+    for model in (LinearRegression().fit(x, y2), RandomForestRegressor(3).fit(x, y2)):
+        with pytest.raises(NotAnEstimator, match="several outputs per row"):
+            inspect_estimator(model)
+    assert inspect_estimator(LinearRegression().fit(x, x[:, 0])).task == "regressor"

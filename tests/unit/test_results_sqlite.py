@@ -20,6 +20,11 @@ def test_redelivery_and_resubmission_never_duplicate(sqlite_settings):
     assert (first.n_written, first.duplicate_batch) == (2, False)
     assert (again.n_written, again.duplicate_batch) == (0, True)
     assert mixed.n_written == 1
+    # The same batch id again with other job ids is still the same (redelivered) batch.
+    renamed = Batch(model="m", version=1, job_ids=["x", "y"], x=np.zeros((2, 1)))
+    renamed.batch_id = batch.batch_id
+    again = write_results(engine, error_batch(renamed, "boom"), "w4", received_at=0)
+    assert (again.n_written, again.duplicate_batch) == (0, True)
     with engine.connect() as conn:
         rows = dict(conn.execute(select(predictions.c.job_id, predictions.c.error)).all())
         assert rows == {"a": "boom", "b": "boom", "c": "later"}  # first result wins
