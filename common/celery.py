@@ -30,6 +30,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # it must be longer than the hard task time limit or live tasks get re-delivered.
         transport_options = {
             "visibility_timeout": settings.visibility_timeout,
+            # Sweep for expired unacked messages every N seconds (throttle 1: every sweep
+            # scans), so a killed worker's messages return within timeout + N seconds.
+            "unacked_restore_interval": settings.unacked_restore_interval,
+            "unacked_restore_throttle": 1,
             # Consume queues in the order given (online before bulk) instead of round-robin,
             # so a flood of bulk chunks delays an online job by at most one chunk.
             "queue_order_strategy": "priority",
@@ -51,7 +55,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": settings.prefetch_multiplier,
         "task_time_limit": settings.task_time_limit,
-        "task_soft_time_limit": max(1, settings.task_time_limit - 30),
+        "task_soft_time_limit": settings.soft_time_limit,
         "task_queues": [
             Queue(settings.online_queue, exchange, routing_key=settings.online_queue),
             Queue(settings.bulk_queue, exchange, routing_key=settings.bulk_queue),

@@ -88,8 +88,21 @@ class Settings(BaseSettings):
     )
     # Reliability knobs (see RELIABILITY.md). The visibility timeout must exceed the task
     # hard time limit, or Redis re-delivers a message that is still being worked on.
-    visibility_timeout: int = Field(default=900, ge=30)
-    task_time_limit: int = Field(default=600, ge=5)
+    visibility_timeout: int = Field(
+        default=300,
+        ge=2,
+        description="Seconds before Redis hands an unacked message (its worker died) to "
+        "another worker; recovery takes this plus at most one restore sweep.",
+    )
+    task_time_limit: int = Field(
+        default=240, ge=2, description="Hard limit per message (the soft limit is 10% lower)."
+    )
+    unacked_restore_interval: int = Field(
+        default=10,
+        ge=1,
+        description="Seconds between sweeps that give expired unacked messages back "
+        "(kombu's default is effectively ~100 s).",
+    )
     write_retries: int | None = Field(
         default=None,
         ge=0,
@@ -119,6 +132,11 @@ class Settings(BaseSettings):
         return self
 
     # ----- derived values -------------------------------------------------------------
+    @property
+    def soft_time_limit(self) -> int:
+        """Seconds after which a task is asked to stop (then answers its jobs with errors)."""
+        return self.task_time_limit - min(30, max(1, self.task_time_limit // 10))
+
     @property
     def home_dir(self) -> Path:
         """Absolute INFERQ_HOME."""

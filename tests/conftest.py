@@ -122,6 +122,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
         INFERQ_ONLINE_QUEUE=settings.online_queue,
         INFERQ_BULK_QUEUE=settings.bulk_queue,
         INFERQ_BATCH_SIZE=str(settings.batch_size),
+        INFERQ_VISIBILITY_TIMEOUT=str(settings.visibility_timeout),
+        INFERQ_TASK_TIME_LIMIT=str(settings.task_time_limit),
+        INFERQ_UNACKED_RESTORE_INTERVAL=str(settings.unacked_restore_interval),
     )
     if settings.broker_url:
         env["INFERQ_BROKER_URL"] = settings.broker_url

@@ -51,7 +51,7 @@ def _write(scored: ScoredBatch, worker: str, received_at: float, decode_ms: floa
         raise
 
 
-def _score(batch: contract.Batch, time_limit: int) -> ScoredBatch:
+def _score(batch: contract.Batch, soft_limit: int) -> ScoredBatch:
     """Score a decoded batch; whatever goes wrong with the model becomes error rows."""
     try:
         loaded = runtime.get().get_model(batch.model, batch.version)
@@ -63,11 +63,11 @@ def _score(batch: contract.Batch, time_limit: int) -> ScoredBatch:
     try:
         return score_batch(loaded.estimator, loaded.info, batch, reraise=(SoftTimeLimitExceeded,))
     except SoftTimeLimitExceeded:
-        # The hard limit kills the process 30 s later: answer the jobs while there is time.
+        # The hard limit kills the process shortly after: answer the jobs while there is time.
         log.error("batch %s: soft time limit reached while scoring", batch.batch_id)
         return error_batch(
             batch,
-            f"scoring took longer than the time limit ({time_limit - 30} s); send smaller "
+            f"scoring took longer than the time limit ({soft_limit} s); send smaller "
             "batches or raise INFERQ_TASK_TIME_LIMIT",
         )
     except Exception as exc:  # a bug on our side: still answer every job
@@ -98,7 +98,7 @@ def score_batch_task(self: Any, **payload: Any) -> dict[str, Any]:
     try:
         batch = contract.decode_batch(payload)
         decode_ms = (time.perf_counter() - started) * 1000
-        scored = _score(batch, runtime.get().settings.task_time_limit)
+        scored = _score(batch, runtime.get().settings.soft_time_limit)
     except ContractError as exc:
         log.error("malformed message: %s", exc)
         scored, decode_ms = _malformed(payload, exc), 0.0

@@ -27,9 +27,12 @@ def test_env_vars_and_postgres_url_normalisation(monkeypatch):
     conf = celery_config(s)
     assert conf["broker_url"] == "rediss://:pw@redis.example:6380/2"
     assert conf["broker_transport_options"] == {
-        "visibility_timeout": 900,
+        "visibility_timeout": 300,
+        "unacked_restore_interval": 10,  # a dead worker's messages return within ~310 s
+        "unacked_restore_throttle": 1,
         "queue_order_strategy": "priority",  # online before bulk, not round-robin
     }
+    assert (conf["task_time_limit"], conf["task_soft_time_limit"]) == (240, 216)
     assert [q.name for q in conf["task_queues"]] == ["online", "bulk"]
 
 
