@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Table,
     Text,
@@ -143,4 +144,20 @@ scoring_run_chunks = Table(
     Column("n_rows", Integer, nullable=False),
     Column("enqueued_at", TZ, nullable=False),
     ForeignKeyConstraint(["run_id"], ["scoring_runs.run_id"], ondelete="CASCADE"),
+)
+
+#: Messages taken out of circulation (e.g. they killed their worker process every time), with
+#: the original payload so their rows can be recovered and re-submitted.
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("batch_id", Text, primary_key=True),
+    Column("run_id", Text, nullable=True),
+    Column("model_name", Text, nullable=True),
+    Column("model_version", Integer, nullable=True),
+    Column("n_rows", Integer, nullable=False),
+    Column("deliveries", Integer, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("payload", LargeBinary, nullable=False),  # msgpack of the task kwargs
+    Column("created_at", TZ, nullable=False),
 )

@@ -110,6 +110,12 @@ class Settings(BaseSettings):
         "is unreachable; unset = keep retrying (backoff up to 60 s) until it is back.",
     )
     prefetch_multiplier: int = Field(default=1, ge=1)
+    max_deliveries: int = Field(
+        default=3,
+        ge=1,
+        description="A message whose worker process died this many times is dead-lettered "
+        "(table dead_letters, its jobs get error rows) instead of being delivered again.",
+    )
     poll_interval: float = Field(
         default=0.05, gt=0, description="Seconds between result polls in wait()."
     )

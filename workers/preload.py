@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from common.db import make_engine
 from common.settings import Settings
 from models import registry
+from workers.deliveries import DeliveryCounter
 from workers.inference import ModelInfo, accepts_array
 
 log = logging.getLogger("inferq.worker")
@@ -57,6 +58,7 @@ class WorkerRuntime:
         self._engine_pid = 0
         self._lock = threading.Lock()
         self.preload_error: str | None = None
+        self.deliveries = DeliveryCounter(settings.broker_url)
         self.preload_failures: dict[str, str] = {}
 
     @property

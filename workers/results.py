@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Connection, Engine, insert, update
 
-from common.schema import prediction_batches, predictions
+from common.schema import dead_letters, prediction_batches, predictions
 from workers.inference import ScoredBatch
 
 COLUMNS = (
@@ -277,3 +277,34 @@ def write_results(
     if engine.dialect.name == "postgresql":
         return _write_postgres(engine, scored, worker, received_at, decode_ms, started)
     return _write_sqlite(engine, scored, worker, received_at, decode_ms, started)
+
+
+def write_dead_letter(
+    engine: Engine, payload: dict[str, Any], deliveries: int, reason: str
+) -> None:
+    """Keep a message out of circulation with its full payload (idempotent per batch id)."""
+    import msgpack
+
+    def text_or_none(key: str) -> Any:
+        value = payload.get(key)
+        return value if isinstance(value, str) else None
+
+    job_ids = payload.get("job_ids")
+    values = {
+        "batch_id": text_or_none("batch_id") or "unknown",
+        "run_id": text_or_none("run_id"),
+        "model_name": text_or_none("model"),
+        "model_version": payload["version"] if isinstance(payload.get("version"), int) else None,
+        "n_rows": len(job_ids) if isinstance(job_ids, list) else 0,
+        "deliveries": deliveries,
+        "reason": reason,
+        "payload": msgpack.packb(payload, use_bin_type=True),
+        "created_at": dt.datetime.now(dt.UTC),
+    }
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            conn.execute(pg_insert(dead_letters).values(values).on_conflict_do_nothing())
+        else:
+            conn.execute(insert(dead_letters).values(values).prefix_with("OR IGNORE"))

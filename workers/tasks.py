@@ -16,7 +16,7 @@ from common import contract
 from common.errors import ContractError, TransientError
 from workers import runtime
 from workers.inference import ScoredBatch, error_batch, score_batch
-from workers.results import write_results
+from workers.results import write_dead_letter, write_results
 
 log = logging.getLogger("inferq.worker")
 
@@ -93,6 +93,42 @@ def _malformed(payload: dict[str, Any], exc: ContractError) -> ScoredBatch:
 @shared_task(bind=True, name=contract.SCORE_BATCH, max_retries=None)
 def score_batch_task(self: Any, **payload: Any) -> dict[str, Any]:
     """Score one batch message and commit its result rows; acked only after the commit."""
+    rt = runtime.get()
+    raw_id = payload.get("batch_id")
+    batch_id = raw_id if isinstance(raw_id, str) else None
+    deliveries = rt.deliveries.start(batch_id) if batch_id else 0
+    try:
+        if deliveries > rt.settings.max_deliveries:
+            return _dead_letter(self, payload, deliveries)
+        return _run(self, payload)
+    finally:
+        # Reached unless the process died: only deliveries that died keep counting.
+        if batch_id:
+            rt.deliveries.finish(batch_id)
+
+
+def _dead_letter(self: Any, payload: dict[str, Any], deliveries: int) -> dict[str, Any]:
+    """Take a message out of circulation: dead_letters row + an error row for every job."""
+    reason = (
+        f"delivered {deliveries} times without finishing: its worker process died each time "
+        "(crash, out of memory, or the hard time limit)"
+    )
+    log.error("batch %s dead-lettered: %s", payload.get("batch_id"), reason)
+    engine = runtime.get().engine
+    write_dead_letter(engine, payload, deliveries, reason)
+    try:
+        batch = contract.decode_batch(payload)
+        scored = error_batch(batch, f"dead-lettered: {reason} (see table dead_letters)")
+    except ContractError as exc:
+        scored = _malformed(payload, exc)
+    worker = f"{self.request.hostname or 'local'}:{os.getpid()}"
+    report = _write(scored, worker, time.time(), 0.0)
+    return {"model": f"{scored.model_name}@{scored.model_version}", "rows": scored.batch.n_rows,
+            "ok": 0, "errors": scored.n_error, "written": report.n_written,
+            "dead_lettered": True}  # fmt: skip
+
+
+def _run(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
     received_at = time.time()
     started = time.perf_counter()
     try:

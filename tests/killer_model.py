@@ -1,0 +1,20 @@
+"""A test model that kills the process scoring it when a row's first feature is 666.
+
+Simulates a message that crashes its worker every time (segfault, OOM). Importable by worker
+subprocesses as `tests.killer_model` (they run from the repository root).
+"""
+
+import os
+import signal
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+
+class KillerModel(LogisticRegression):
+    """LogisticRegression whose predict_proba SIGKILLs its own process on a marked row."""
+
+    def predict_proba(self, X):
+        if (np.asarray(X)[:, 0] == 666).any():
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().predict_proba(X)
