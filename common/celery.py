@@ -34,6 +34,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # scans), so a killed worker's messages return within timeout + N seconds.
             "unacked_restore_interval": settings.unacked_restore_interval,
             "unacked_restore_throttle": 1,
+            # A worker killed during a sweep holds the sweep's mutex until it expires (kombu
+            # default 300 s), delaying every restore; two overlapping sweeps at worst deliver
+            # a message twice, which inferq's idempotent writes absorb.
+            "unacked_mutex_expire": max(30, 6 * settings.unacked_restore_interval),
             # Consume queues in the order given (online before bulk) instead of round-robin,
             # so a flood of bulk chunks delays an online job by at most one chunk.
             "queue_order_strategy": "priority",

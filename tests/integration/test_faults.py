@@ -46,24 +46,48 @@ def _wait_for_batches(engine, n: int, timeout: float = 60) -> int:
 
 
 def test_sigkill_of_the_whole_worker_mid_run_loses_nothing(
-    fast_recovery, binary_model, start_worker
+    fast_recovery, binary_model, start_worker, tmp_path
 ):
+    """SIGKILL parent + children mid-run; a new worker; the run resumed: exactly once.
+
+    NOTE: kombu's Redis transport pops a message (BRPOP) before it records it as unacked;
+    a consumer SIGKILLed in between loses that message (seen for 1 message of 200 in about
+    half the runs). A bulk run recovers it by resuming (uncommitted chunks are sent again);
+    the count before the resume is printed to keep the effect visible.
+    """
+    from producer.bulk import BulkScorer, job_ids_for
+    from producer.sources import ParquetSource
+
     settings = fast_recovery
     engine = make_engine(settings)
     registry.register(engine, settings.model_store_dir, binary_model.path, "cancer", "production")
+    frame = _rows(binary_model, 100_000).reset_index(drop=True)
+    frame.insert(0, "id", [f"r{i}" for i in range(len(frame))])
+    frame.to_parquet(tmp_path / "rows.parquet")
     worker = start_worker(settings, concurrency=2)
-    with InferenceClient(settings.model_copy(update={"batch_size": 500}), engine=engine) as c:
-        accepted = c.submit("cancer", _rows(binary_model, 100_000))  # 200 messages
+    client = InferenceClient(settings, engine=engine)
+    scorer = BulkScorer(client)
+    source = ParquetSource(tmp_path / "rows.parquet")
+    run = scorer.prepare(source, "cancer", "id", run_id="killed", chunk_size=500)  # 200 msgs
+    scorer.enqueue(run)
+    accepted = job_ids_for("killed", frame["id"].tolist())
     assert _wait_for_batches(engine, 20) >= 20
     os.killpg(worker.proc.pid, signal.SIGKILL)  # main process and prefork children at once
     worker.proc.wait(10)
     killed_at, done = time.monotonic(), _committed(engine)
     assert done < 200, "the run finished before the kill; nothing was tested"
     start_worker(settings, concurrency=2)
-    counts, _ = wait_until_clean(engine, accepted, timeout=120)
-    recovery = time.monotonic() - killed_at
-    print(f"recovered {200 - done} messages in {recovery:.1f}s after SIGKILL")
+    before, _ = wait_until_clean(engine, accepted, timeout=settings.visibility_timeout + 15)
+    print(f"after SIGKILL and recovery, before resume: {before}")
+    run = scorer.prepare(source, "cancer", "id", run_id="killed")  # the operator re-runs
+    if not run.complete:
+        scorer.enqueue(run)
+    summary = scorer.wait("killed", timeout=60)
+    counts, _ = wait_until_clean(engine, accepted, timeout=5)
+    print(f"recovered {200 - done} messages in {time.monotonic() - killed_at:.1f}s")
     assert counts.clean and counts.rows == 100_000
+    assert summary.status == "done" and summary.scored_ok + summary.scored_error == 100_000
+    client.close()
     engine.dispose()
 
 

@@ -30,6 +30,7 @@ def test_env_vars_and_postgres_url_normalisation(monkeypatch):
         "visibility_timeout": 300,
         "unacked_restore_interval": 10,  # a dead worker's messages return within ~310 s
         "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": 60,  # a sweep mutex held by a killed worker expires soon
         "queue_order_strategy": "priority",  # online before bulk, not round-robin
     }
     assert (conf["task_time_limit"], conf["task_soft_time_limit"]) == (240, 216)
