@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -13,10 +12,11 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
 from common.settings import Settings
+from inferq.procs import stop_worker
 
 PG_ADMIN = os.environ.get("INFERQ_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("INFERQ_BENCH_REDIS_URL", "redis://127.0.0.1:6379")
@@ -118,10 +118,4 @@ class Worker:
 
     def stop(self) -> None:
         """Warm shutdown, then kill the process group."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with suppress(subprocess.TimeoutExpired):
-                self.proc.wait(30)
-        with suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(5)
+        stop_worker(self.proc)

@@ -36,17 +36,13 @@ def in_process(settings: Settings, model_path: Path, parquet: Path, chunk: int) 
     from models.artifacts import inspect_estimator
     from producer.bulk import rechunk
     from producer.sources import ParquetSource
-    from workers.inference import ModelInfo, accepts_array, score_batch
-    from workers.preload import _final_estimator_name, limit_threads
-    from workers.results import _copy, copy_payload
+    from workers.inference import ModelInfo, score_batch
+    from workers.preload import limit_threads
+    from workers.results import copy_payload, copy_rows
 
     limit_threads()
     model = joblib.load(model_path)
-    meta = inspect_estimator(model)
-    info = ModelInfo(
-        "bench", 1, meta.task, meta.n_features, meta.feature_names, meta.classes,
-        meta.has_proba, _final_estimator_name(model), accepts_array(model),
-    )  # fmt: skip
+    info = ModelInfo.of("bench", 1, model, inspect_estimator(model))
     engine = make_engine(settings)
     with engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE IF EXISTS bench_inprocess")
@@ -61,7 +57,7 @@ def in_process(settings: Settings, model_path: Path, parquet: Path, chunk: int) 
         with engine.begin() as conn:
             cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
             payload = copy_payload(scored, "inprocess", dt.datetime.now(dt.UTC))
-            _copy(cursor, "bench_inprocess", payload)
+            copy_rows(cursor, "bench_inprocess", payload)
         rows += len(ids)
     seconds = time.perf_counter() - started
     with engine.begin() as conn:

@@ -93,11 +93,15 @@ class TransientError(InferqError):
 class EnqueueError(TransientError):
     """The broker did not accept a message; the jobs were NOT enqueued."""
 
-    def __init__(self, n_jobs: int, cause: BaseException) -> None:
+    def __init__(
+        self, n_jobs: int, cause: BaseException, enqueued_job_ids: Sequence[str] = ()
+    ) -> None:
         super().__init__(
             f"could not enqueue {n_jobs} job(s): {type(cause).__name__}: {cause}. "
             "They were not accepted; submit them again."
         )
+        #: Jobs of the same call that did reach the broker (they will be scored).
+        self.enqueued_job_ids = list(enqueued_job_ids)
 
 
 class ResultsTimeout(InferqError, TimeoutError):

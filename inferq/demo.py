@@ -7,7 +7,6 @@ INFERQ_HOME); with Redis/Postgres configured, the same steps run on them.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common.settings import Settings
+from inferq.procs import stop_worker
 
 MODEL_NAME = "breast-cancer"
 
@@ -52,18 +52,6 @@ def start_worker(settings: Settings, concurrency: int, hostname: str) -> subproc
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
-
-
-def stop_worker(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
-    """SIGTERM (warm shutdown), then SIGKILL the process group if it does not exit."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
 
 
 def run_demo(
@@ -116,7 +104,7 @@ def run_demo(
             results = client.wait(job_ids, timeout=timeout)
             elapsed = time.perf_counter() - started
     finally:
-        stop_worker(worker)
+        stop_worker(worker, grace=20)
     ok = [r for r in results if r.ok]
     truth = target.to_numpy()[idx]
     correct = sum(int(r.label == str(truth[i])) for i, r in enumerate(results) if r.ok)

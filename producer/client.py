@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from common import contract
 from common.celery import InferqCelery, create_celery
 from common.db import make_engine
-from common.errors import EnqueueError, InvalidInput, ResultsTimeout
+from common.errors import EnqueueError, InvalidInput, ResultsTimeout, TooManyRows
 from common.settings import Settings, get_settings
 from models import registry
 from producer.encoding import to_matrix
@@ -105,8 +105,6 @@ class InferenceClient:
         if n == 0:
             raise InvalidInput("no rows to submit (got 0 rows)")
         if n > self.settings.max_submit_rows:
-            from common.errors import TooManyRows
-
             raise TooManyRows(n, self.settings.max_submit_rows)
         ids = _check_job_ids(job_ids, n)
         key_list = _check_keys(keys, n)
@@ -163,9 +161,7 @@ class InferenceClient:
             if batched:
                 sent = []
             total = sum(b.n_rows for b in batches)
-            error = EnqueueError(total - len(sent), exc)
-            error.enqueued_job_ids = sent  # type: ignore[attr-defined]
-            raise error from exc
+            raise EnqueueError(total - len(sent), exc, sent) from exc
         return sent
 
     def submit(

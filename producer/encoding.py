@@ -13,16 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from common.contract import feature_label
 from common.errors import InvalidInput, MissingColumns
 
 _NUMERIC_TYPES = frozenset(
     {int, float, bool, np.float64, np.float32, np.float16, np.int64, np.int32, np.int16,
      np.int8, np.uint64, np.uint32, np.uint16, np.uint8, np.bool_}
 )  # fmt: skip
-
-
-def _name(j: int, names: Sequence[str] | None) -> str:
-    return f"feature {names[j]!r} (column {j})" if names and j < len(names) else f"column {j}"
 
 
 def _value_problem(value: Any) -> str | None:
@@ -64,7 +61,7 @@ def _fill_row(
         for j, v in enumerate(values):
             problem = _value_problem(v)
             if problem:
-                return f"row {n}: {_name(j, names)} {problem}"
+                return f"row {n}: {feature_label(j, names)} {problem}"
     x[i] = values
     return None
 

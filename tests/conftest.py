@@ -3,9 +3,7 @@ tiny real scikit-learn models, and real `celery worker` subprocesses."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +17,7 @@ import numpy as np
 import pytest
 
 from common.settings import Settings
+from inferq.procs import stop_worker
 
 CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 PG_ADMIN_URL = os.environ.get("INFERQ_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -228,15 +227,9 @@ class WorkerProcess:
             time.sleep(0.1)
         raise AssertionError(f"worker not ready after {timeout}s:\n{self.output()[-3000:]}")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+    def stop(self) -> None:
         """Stop the worker (warm shutdown); kill its whole process group if it hangs."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(5)
+        stop_worker(self.proc)
 
 
 @pytest.fixture

@@ -6,12 +6,13 @@ tested directly with real scikit-learn models.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from common.contract import Batch
+from common.contract import Batch, feature_label
 
 #: Final estimators whose predict() is classes_[argmax(predict_proba)] by definition (trees,
 #: forests) or through a monotone link (logistic regression); for these the label is taken
@@ -54,6 +55,22 @@ class ModelInfo:
     has_proba: bool
     final_estimator: str = ""
     array_ok: bool = False  # see accepts_array()
+
+    @classmethod
+    def of(cls, name: str, version: int, estimator: Any, meta: Any) -> ModelInfo:
+        """Describe ``estimator``; ``meta`` is a registry ModelVersion or an EstimatorInfo."""
+        steps = getattr(estimator, "steps", None)
+        return cls(
+            name=name,
+            version=version,
+            task=meta.task,
+            n_features=meta.n_features,
+            feature_names=meta.feature_names,
+            classes=meta.classes,
+            has_proba=meta.has_proba,
+            final_estimator=type(steps[-1][1] if steps else estimator).__name__,
+            array_ok=accepts_array(estimator),
+        )
 
 
 @dataclass(slots=True)
@@ -120,10 +137,6 @@ class ScoredBatch:
         return [self.errors.get(i) for i in range(len(self.ok))]
 
 
-def _feature_label(j: int, names: list[str] | None) -> str:
-    return f"feature {names[j]!r} (column {j})" if names and j < len(names) else f"column {j}"
-
-
 def validate(batch: Batch, info: ModelInfo) -> dict[int, str]:
     """Messages for every invalid row of ``batch`` (index -> text); valid rows are absent."""
     errors = dict(batch.row_errors)
@@ -146,7 +159,7 @@ def validate(batch: Batch, info: ModelInfo) -> dict[int, str]:
         what = "NaN (missing)" if np.isnan(value) else ("+inf" if value > 0 else "-inf")
         extra = int((~finite[i]).sum()) - 1
         more = f" (and {extra} more non-finite value{'s' * (extra > 1)})" if extra else ""
-        errors[i] = f"row {offset + i}: {_feature_label(j, info.feature_names)} is {what}{more}"
+        errors[i] = f"row {offset + i}: {feature_label(j, info.feature_names)} is {what}{more}"
     return errors
 
 
@@ -274,8 +287,6 @@ def score_batch(
     If the model raises, the rows it fails on are found by bisection and answered with the
     error; the other rows are still scored. Exceptions in ``reraise`` (a time limit) escape.
     """
-    import time
-
     n = batch.n_rows
     errors = validate(batch, info)
     ok = np.ones(n, dtype=bool)

@@ -21,7 +21,7 @@ from common.db import make_engine
 from common.settings import Settings
 from models import registry
 from workers.deliveries import DeliveryCounter
-from workers.inference import ModelInfo, accepts_array
+from workers.inference import ModelInfo
 
 log = logging.getLogger("inferq.worker")
 
@@ -33,11 +33,6 @@ class LoadedModel:
     info: ModelInfo
     estimator: Any
     preloaded: bool
-
-
-def _final_estimator_name(est: Any) -> str:
-    steps = getattr(est, "steps", None)
-    return type(steps[-1][1]).__name__ if steps else type(est).__name__
 
 
 def limit_threads() -> None:
@@ -73,18 +68,7 @@ class WorkerRuntime:
 
     def _load(self, mv: registry.ModelVersion, preloaded: bool) -> LoadedModel:
         estimator = registry.load(self.settings.model_store_dir, mv)
-        info = ModelInfo(
-            name=mv.name,
-            version=mv.version,
-            task=mv.task,
-            n_features=mv.n_features,
-            feature_names=mv.feature_names,
-            classes=mv.classes,
-            has_proba=mv.has_proba,
-            final_estimator=_final_estimator_name(estimator),
-            array_ok=accepts_array(estimator),
-        )
-        return LoadedModel(info, estimator, preloaded)
+        return LoadedModel(ModelInfo.of(mv.name, mv.version, estimator, mv), estimator, preloaded)
 
     def preload(self) -> list[str]:
         """Load the configured models (default: every 'production' alias); returns their refs."""

@@ -188,7 +188,8 @@ def _insert_ledger(conn: Connection, values: dict[str, Any], if_absent: bool) ->
     return conn.execute(sqlite_stmt).rowcount == 1
 
 
-def _copy(cursor: Any, table: str, payload: str) -> None:
+def copy_rows(cursor: Any, table: str, payload: str) -> None:
+    """COPY a ``copy_payload`` text into ``table`` (same columns as `predictions`)."""
     with cursor.copy(_COPY_SQL.format(table=table)) as copy:
         copy.write(payload)
 
@@ -202,7 +203,7 @@ def _write_postgres(
     payload = copy_payload(scored, worker, dt.datetime.now(dt.UTC))
     try:
         with engine.begin() as conn:
-            _copy(conn.connection.driver_connection.cursor(), "predictions", payload)  # type: ignore[union-attr]
+            copy_rows(conn.connection.driver_connection.cursor(), "predictions", payload)  # type: ignore[union-attr]
             ms = (time.perf_counter() - started) * 1000
             values = _ledger_values(scored, worker, received_at, decode_ms, scored.batch.n_rows, ms)
             _insert_ledger(conn, values, if_absent=False)
@@ -223,7 +224,7 @@ def _write_postgres(
             f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} "
             "(LIKE predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
-        _copy(cur, _STAGE, payload)
+        copy_rows(cur, _STAGE, payload)
         cur.execute(
             f"INSERT INTO predictions ({', '.join(COLUMNS)}) "
             f"SELECT {', '.join(COLUMNS)} FROM {_STAGE} ON CONFLICT (job_id) DO NOTHING"

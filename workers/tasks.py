@@ -7,6 +7,7 @@ import os
 import time
 from typing import Any
 
+import numpy as np
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -78,8 +79,6 @@ def _score(batch: contract.Batch, soft_limit: int) -> ScoredBatch:
 def _malformed(payload: dict[str, Any], exc: ContractError) -> ScoredBatch:
     """Answer a message that breaks the contract with error rows (if its job ids are readable)."""
     job_ids = contract.decode_job_ids(payload)  # raises ContractError if even these are gone
-    import numpy as np
-
     batch = contract.Batch(
         model=str(payload.get("model") or "unknown")[:128],
         version=payload["version"] if isinstance(payload.get("version"), int) else 0,
@@ -123,9 +122,7 @@ def _dead_letter(self: Any, payload: dict[str, Any], deliveries: int) -> dict[st
         scored = _malformed(payload, exc)
     worker = f"{self.request.hostname or 'local'}:{os.getpid()}"
     report = _write(scored, worker, time.time(), 0.0)
-    return {"model": f"{scored.model_name}@{scored.model_version}", "rows": scored.batch.n_rows,
-            "ok": 0, "errors": scored.n_error, "written": report.n_written,
-            "dead_lettered": True}  # fmt: skip
+    return _summary(scored, report, dead_lettered=True)
 
 
 def _run(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
@@ -150,16 +147,22 @@ def _run(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
         # NOTE: retry() publishes a copy of the message before this one is acked, so the
         # batch survives even if this process dies right after.
         raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
-    summary = {
+    summary = _summary(scored, report)
+    log.info("batch %s: %s", scored.batch.batch_id, summary)
+    return summary
+
+
+def _summary(scored: ScoredBatch, report: Any, **extra: Any) -> dict[str, Any]:
+    """The task result Flower shows: rows, ok/error counts, never feature values."""
+    return {
         "model": f"{scored.model_name}@{scored.model_version}",
         "rows": scored.batch.n_rows,
         "ok": scored.n_ok,
         "errors": scored.n_error,
         "written": report.n_written,
         "duplicate": report.duplicate_batch,
+        **extra,
     }
-    log.info("batch %s: %s", scored.batch.batch_id, summary)
-    return summary
 
 
 def _backoff(retries: int) -> float:

@@ -49,6 +49,20 @@ def check(engine: Engine, accepted: Iterable[str]) -> Counts:
     return counts
 
 
+def committed_batches(engine: Engine) -> int:
+    """Messages whose results are committed (rows of the `prediction_batches` ledger)."""
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM prediction_batches")).scalar() or 0
+
+
+def wait_for_batches(engine: Engine, n: int, timeout: float = 60) -> int:
+    """Poll until at least ``n`` messages are committed (or timeout); returns the count."""
+    deadline = time.monotonic() + timeout
+    while (done := committed_batches(engine)) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return done
+
+
 def wait_until_clean(engine: Engine, accepted: list[str], timeout: float) -> tuple[Counts, float]:
     """Poll until nothing is lost (or timeout); returns the final counts and seconds waited."""
     started = time.monotonic()

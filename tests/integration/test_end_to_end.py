@@ -8,6 +8,7 @@ from common import contract
 from common.schema import predictions
 from models import registry
 from producer import InferenceClient
+from tests.integration.checker import wait_for_batches
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -60,24 +61,9 @@ def test_ten_thousand_rows_match_in_process_predictions(
     # Re-submitting the same job ids never creates a second row.
     client.submit("cancer", frame, job_ids=job_ids, keys=keys)
     client.submit("cancer", frame.iloc[:500], job_ids=job_ids[:500])
-    _wait_for_batches(client.engine, 12)
+    assert wait_for_batches(client.engine, 12) == 12
     assert _count(client.engine) == 10_000
     assert client.results(job_ids[:3]) == results[:3]  # first result wins, unchanged
-
-
-def _wait_for_batches(engine, n, timeout=60):
-    import time
-
-    from common.schema import prediction_batches
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with engine.connect() as conn:
-            done = conn.execute(select(func.count()).select_from(prediction_batches)).scalar()
-        if done >= n:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"only {done} of {n} batches committed")
 
 
 def test_bad_rows_get_error_rows_and_the_rest_is_scored(

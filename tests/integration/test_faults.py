@@ -8,12 +8,12 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from sqlalchemy import func, select
 
 from common.db import make_engine
-from common.schema import prediction_batches
 from models import registry
 from producer import InferenceClient
+from tests.integration.checker import committed_batches as _committed
+from tests.integration.checker import wait_for_batches as _wait_for_batches
 from tests.integration.checker import wait_until_clean
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -31,18 +31,6 @@ def _rows(model_file, n: int) -> pd.DataFrame:
     rng = np.random.default_rng(3)
     base = model_file.x
     return base.iloc[rng.integers(0, len(base), n)] * rng.normal(1, 0.05, (n, base.shape[1]))
-
-
-def _committed(engine) -> int:
-    with engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(prediction_batches)).scalar()
-
-
-def _wait_for_batches(engine, n: int, timeout: float = 60) -> int:
-    deadline = time.monotonic() + timeout
-    while (done := _committed(engine)) < n and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return done
 
 
 def test_sigkill_of_the_whole_worker_mid_run_loses_nothing(

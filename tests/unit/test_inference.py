@@ -9,18 +9,8 @@ from workers.inference import ModelInfo, error_batch, score_batch, validate
 
 
 def info_for(model, name="m", version=1) -> ModelInfo:
-    meta = inspect_estimator(model)
-    steps = getattr(model, "steps", None)
-    return ModelInfo(
-        name=name,
-        version=version,
-        task=meta.task,
-        n_features=meta.n_features,
-        feature_names=meta.feature_names,
-        classes=meta.classes,
-        has_proba=meta.has_proba,
-        final_estimator=type(steps[-1][1] if steps else model).__name__,
-    )
+    """What a worker knows about ``model`` (the same ModelInfo.of the workers use)."""
+    return ModelInfo.of(name, version, model, inspect_estimator(model))
 
 
 def batch_of(x, **kw) -> Batch:
@@ -142,7 +132,6 @@ def test_named_pipelines_get_arrays_unless_a_step_selects_columns(binary_model):
     assert not accepts_array(by_name)
     for model in (binary_model.model, by_name):
         info = info_for(model)
-        info.array_ok = accepts_array(model)
         x = frame.to_numpy()[:300]
         scored = score_batch(model, info, batch_of(x))
         expected = model.predict_proba(pd.DataFrame(x, columns=frame.columns))[:, 1]
