@@ -9,6 +9,7 @@ COPY workers workers
 COPY models models
 COPY migrations migrations
 COPY inferq inferq
+COPY ops ops
 RUN pip install --no-cache-dir . && useradd --create-home --uid 10001 inferq \
     && mkdir -p /models && chown inferq /models
 USER inferq

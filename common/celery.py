@@ -7,7 +7,7 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
-from common import contract
+from common import contract, inflight
 from common.settings import Settings, get_settings
 
 
@@ -99,3 +99,23 @@ class InferqCelery(Celery):
 def create_celery(settings: Settings | None = None) -> InferqCelery:
     """Create a Celery app for inferq; with no settings, they are read on first use."""
     return InferqCelery(settings)
+
+
+def send_score(
+    app: Any, producer: Any, queue: str, payload: dict[str, Any], describe: str, sent_at: float
+) -> None:
+    """Publish one score message by task name (first sends and in-flight re-sends)."""
+    app.send_task(
+        contract.SCORE_BATCH,
+        kwargs=payload,
+        queue=queue,
+        routing_key=queue,
+        producer=producer,
+        headers={inflight.SENT_HEADER: sent_at},
+        # Flower and logs show this summary, never the feature payload.
+        argsrepr="()",
+        kwargsrepr=describe,
+        retry=True,
+        retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5,
+                      "interval_max": 2},
+    )  # fmt: skip

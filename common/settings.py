@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
     """Every knob of inferq; environment variable = ``INFERQ_`` + field name in capitals."""
 
-    model_config = SettingsConfigDict(env_prefix="INFERQ_", extra="ignore")
+    # hide_input_in_errors: URLs and INFERQ_FLOWER_BASIC_AUTH carry passwords.
+    model_config = SettingsConfigDict(
+        env_prefix="INFERQ_", extra="ignore", hide_input_in_errors=True
+    )
 
     home: Path = Field(
         default=Path(".inferq"),
@@ -103,13 +106,21 @@ class Settings(BaseSettings):
         description="Seconds between sweeps that give expired unacked messages back "
         "(kombu's default is effectively ~100 s).",
     )
-    write_retries: int | None = Field(
-        default=None,
-        ge=0,
-        description="Celery-level retries of a result write that failed because the database "
-        "is unreachable; unset = keep retrying (backoff up to 60 s) until it is back.",
-    )
     prefetch_multiplier: int = Field(default=1, ge=1)
+    inflight_ledger: bool = Field(
+        default=True,
+        description="Record every sent batch in Redis until it is answered, so a message "
+        "lost between Redis and a worker's main process (SIGKILL mid-fetch) is sent again.",
+    )
+    inflight_stale_after: int | None = Field(
+        default=None,
+        ge=1,
+        description="Seconds after which an unanswered batch that is not waiting in its "
+        "queue is sent again; default: visibility timeout + 3 restore sweeps + 30 s.",
+    )
+    reconcile_interval: int = Field(
+        default=30, ge=1, description="Seconds between in-flight ledger checks by workers."
+    )
     max_deliveries: int = Field(
         default=3,
         ge=1,
@@ -119,12 +130,33 @@ class Settings(BaseSettings):
     poll_interval: float = Field(
         default=0.05, gt=0, description="Seconds between result polls in wait()."
     )
+    flower_basic_auth: SecretStr | None = Field(
+        default=None,
+        description="Basic auth for `inferq flower`: user:password (several separated by "
+        "commas); unset = Flower refuses to start unless --insecure-no-auth.",
+    )
 
     @field_validator("broker_url", "database_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """Treat an empty variable (``INFERQ_BROKER_URL=``) as unset."""
         return None if value == "" else value
+
+    @field_validator("flower_basic_auth", mode="after")
+    @classmethod
+    def _user_colon_password(cls, value: SecretStr | None) -> SecretStr | None:
+        """Accept only ``user:password[,user2:password2]`` (Flower's --basic-auth format)."""
+        if value is None or value.get_secret_value() == "":
+            return None
+        for pair in value.get_secret_value().split(","):
+            user, sep, password = pair.partition(":")
+            if not (sep and user.strip() and password):
+                # NOTE: never echo the value: it holds a password.
+                raise ValueError(
+                    "must be user:password (several separated by commas), with a non-empty "
+                    "user and password"
+                )
+        return value
 
     @model_validator(mode="after")
     def _visibility_above_limit(self) -> Settings:
@@ -142,6 +174,13 @@ class Settings(BaseSettings):
     def soft_time_limit(self) -> int:
         """Seconds after which a task is asked to stop (then answers its jobs with errors)."""
         return self.task_time_limit - min(30, max(1, self.task_time_limit // 10))
+
+    @property
+    def stale_after(self) -> int:
+        """Seconds before an unanswered, unqueued batch counts as lost (see common/inflight)."""
+        if self.inflight_stale_after is not None:
+            return self.inflight_stale_after
+        return self.visibility_timeout + 3 * self.unacked_restore_interval + 30
 
     @property
     def home_dir(self) -> Path:

@@ -174,6 +174,9 @@ def _register_run_commands() -> None:
 
     app.command("score")(cli_runs.score)
     app.command("runs")(cli_runs.runs)
+    from inferq.cli_dead import dead_app
+
+    app.add_typer(dead_app, name="dead-letters")
 
 
 _register_run_commands()
@@ -242,3 +245,15 @@ def main() -> None:
         )
         err_console.print(f"[bold red]invalid settings:[/] {problems}")
         raise SystemExit(2) from None
+
+
+# ----- operations ------------------------------------------------------------------------
+def _register_ops_commands() -> None:
+    from inferq import cli_ops
+
+    app.command("flower")(cli_ops.flower)
+    app.command("metrics")(cli_ops.metrics)
+    app.command("scale")(cli_ops.scale)
+
+
+_register_ops_commands()

@@ -14,8 +14,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from common import contract
-from common.celery import InferqCelery, create_celery
+from common import contract, inflight
+from common.celery import InferqCelery, create_celery, send_score
 from common.db import make_engine
 from common.errors import EnqueueError, InvalidInput, ResultsTimeout, TooManyRows
 from common.settings import Settings, get_settings
@@ -33,13 +33,16 @@ class InferenceClient:
         *,
         app: InferqCelery | None = None,
         engine: Engine | None = None,
+        redis_client: Any = None,
     ) -> None:
+        """``redis_client``: for the in-flight ledger (default: built from the broker URL)."""
         self.settings = settings
         self.app = app or create_celery(settings)
         self._engine = engine
         # Registered versions never change: cache them. Aliases move: cache briefly.
         self._versions: dict[tuple[str, int], registry.ModelVersion] = {}
         self._aliases: dict[tuple[str, str], tuple[int, float]] = {}
+        self._redis: Any = redis_client
 
     @classmethod
     def from_env(cls) -> InferenceClient:
@@ -58,6 +61,9 @@ class InferenceClient:
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+        if self._redis is not None:
+            self._redis.close()
+            self._redis = None
         self.app.close()
 
     def __enter__(self) -> InferenceClient:
@@ -137,32 +143,50 @@ class InferenceClient:
         faster, but all-or-nothing, so on error no job id is reported as enqueued.
         """
         queue = queue or self.settings.online_queue
+        payloads = [contract.encode_batch(b) for b in batches]
+        ledger = self._ledger()
+        sent_at = time.time()
+        if ledger is not None:
+            records = [
+                inflight.Record(b.batch_id, queue, p, b.describe())
+                for b, p in zip(batches, payloads, strict=True)
+            ]
+            try:
+                inflight.record(ledger, records, sent_at)
+            except Exception as exc:  # the broker's Redis is unreachable: nothing was sent
+                raise EnqueueError(sum(b.n_rows for b in batches), exc, []) from exc
         sent: list[str] = []
+        done = 0
         try:
             with self.app.producer_or_acquire() as producer, contextlib.ExitStack() as stack:
                 if batched:
                     stack.enter_context(producer.batch(max_size=max(1, len(batches))))
-                for batch in batches:
-                    self.app.send_task(
-                        contract.SCORE_BATCH,
-                        kwargs=contract.encode_batch(batch),
-                        queue=queue,
-                        routing_key=queue,
-                        producer=producer,
-                        # Flower and logs show this summary, never the feature payload.
-                        argsrepr="()",
-                        kwargsrepr=batch.describe(),
-                        retry=True,
-                        retry_policy={"max_retries": 3, "interval_start": 0.2,
-                                      "interval_step": 0.5, "interval_max": 2},
-                    )  # fmt: skip
+                for i, (batch, payload) in enumerate(zip(batches, payloads, strict=True)):
+                    at = inflight.send_time(sent_at, i)
+                    send_score(self.app, producer, queue, payload, batch.describe(), at)
                     sent.extend(batch.job_ids)
+                    done += 1
         except Exception as exc:
             if batched:
-                sent = []
+                sent, done = [], 0
+            if ledger is not None:  # reported as not enqueued: must not be re-sent later
+                with contextlib.suppress(Exception):
+                    inflight.forget(ledger, [b.batch_id for b in batches[done:]])
             total = sum(b.n_rows for b in batches)
             raise EnqueueError(total - len(sent), exc, sent) from exc
         return sent
+
+    def _ledger(self) -> Any:
+        """Redis client for the in-flight ledger, or None (disabled or not a Redis broker)."""
+        if not (self.settings.inflight_ledger and inflight.is_redis(self.settings.broker_url)):
+            return None
+        if self._redis is None:
+            import redis
+
+            self._redis = redis.Redis.from_url(
+                str(self.settings.broker_url), socket_timeout=10, socket_connect_timeout=5
+            )
+        return self._redis
 
     def submit(
         self,

@@ -124,6 +124,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
         INFERQ_VISIBILITY_TIMEOUT=str(settings.visibility_timeout),
         INFERQ_TASK_TIME_LIMIT=str(settings.task_time_limit),
         INFERQ_UNACKED_RESTORE_INTERVAL=str(settings.unacked_restore_interval),
+        INFERQ_INFLIGHT_LEDGER=str(settings.inflight_ledger).lower(),
+        INFERQ_INFLIGHT_STALE_AFTER=str(settings.stale_after),
+        INFERQ_RECONCILE_INTERVAL=str(settings.reconcile_interval),
     )
     if settings.broker_url:
         env["INFERQ_BROKER_URL"] = settings.broker_url

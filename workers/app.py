@@ -15,11 +15,14 @@ from celery.signals import worker_init, worker_process_init, worker_ready
 from common.celery import create_celery
 from workers import runtime
 from workers.preload import WorkerRuntime, limit_threads
+from workers.reconcile import InflightReconciler
 
 log = logging.getLogger("inferq.worker")
 
 app = create_celery()
 import workers.tasks  # noqa: E402,F401  (registers the task on this app)
+
+app.steps["worker"].add(InflightReconciler)
 
 
 @worker_init.connect

@@ -5,6 +5,9 @@ memory, hard time limit) goes back to the queue — forever, if it kills every p
 takes it. Each delivery increments a counter in Redis when it starts and deletes it when it
 ends (success, error rows or retry), so the counter only grows for deliveries that died.
 Past the cap the message is dead-lettered instead of scored.
+
+The same round trips maintain the in-flight ledger (common/inflight.py): a delivery that
+starts touches its record, one that ends with an answer removes it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import logging
 import os
 from typing import Any
 
+from common import inflight
+
 log = logging.getLogger("inferq.worker")
 _TTL = 24 * 3600
 
@@ -20,9 +25,9 @@ _TTL = 24 * 3600
 class DeliveryCounter:
     """Per-process Redis counter of unfinished deliveries per batch id (Redis brokers only)."""
 
-    def __init__(self, broker_url: str | None) -> None:
-        scheme = (broker_url or "").split(":", 1)[0]
-        self._url = broker_url if scheme in {"redis", "rediss"} else None
+    def __init__(self, broker_url: str | None, ledger: bool = True) -> None:
+        self._url = broker_url if inflight.is_redis(broker_url) else None
+        self._ledger = ledger
         self._client: Any = None
         self._pid = 0
 
@@ -47,16 +52,26 @@ class DeliveryCounter:
             pipe = self._redis().pipeline()
             pipe.incr(self._key(batch_id))
             pipe.expire(self._key(batch_id), _TTL)
+            if self._ledger:
+                inflight.touch(pipe, batch_id)
             return int(pipe.execute()[0])
         except Exception as exc:  # never block scoring on the counter
             log.warning("delivery counter unavailable: %s", exc)
             return 0
 
-    def finish(self, batch_id: str) -> None:
-        """The delivery ended without its process dying: forget it."""
+    def finish(self, batch_id: str, answered: bool) -> None:
+        """The delivery ended without its process dying; ``answered``: its rows are stored."""
         if self._url is None:
             return
         try:
-            self._redis().delete(self._key(batch_id))
+            pipe = self._redis().pipeline(transaction=False)
+            pipe.delete(self._key(batch_id))
+            if self._ledger and answered:
+                pipe.zrem(inflight.INDEX, batch_id)
+                pipe.hdel(inflight.BODIES, batch_id)
+            elif self._ledger:  # requeued: its new copy was just sent
+                inflight.touch(pipe, batch_id)
+            pipe.execute()
         except Exception as exc:
+            # Harmless: a leftover record only causes a re-send, which is a no-op write.
             log.warning("delivery counter unavailable: %s", exc)

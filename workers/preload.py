@@ -53,7 +53,7 @@ class WorkerRuntime:
         self._engine_pid = 0
         self._lock = threading.Lock()
         self.preload_error: str | None = None
-        self.deliveries = DeliveryCounter(settings.broker_url)
+        self.deliveries = DeliveryCounter(settings.broker_url, settings.inflight_ledger)
         self.preload_failures: dict[str, str] = {}
 
     @property

@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -292,7 +293,7 @@ def write_dead_letter(
 
     job_ids = payload.get("job_ids")
     values = {
-        "batch_id": text_or_none("batch_id") or "unknown",
+        "batch_id": text_or_none("batch_id") or f"unreadable-{uuid.uuid4().hex}",
         "run_id": text_or_none("run_id"),
         "model_name": text_or_none("model"),
         "model_version": payload["version"] if isinstance(payload.get("version"), int) else None,

@@ -9,9 +9,15 @@ from typing import Any
 
 import numpy as np
 from celery import shared_task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Retry, SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError, OperationalError
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_exponential,
+)
 
 from common import contract
 from common.errors import ContractError, TransientError
@@ -34,22 +40,36 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(getattr(exc, "orig", exc), psycopg.OperationalError)
 
 
-@retry(
-    retry=retry_if_exception_type(TransientError),
-    stop=stop_after_attempt(3),
-    wait=wait_exponential(multiplier=0.5, max=4),
-    reraise=True,
-)
-def _write(scored: ScoredBatch, worker: str, received_at: float, decode_ms: float) -> Any:
-    """Write with a few quick in-task retries for short database blips."""
-    try:
-        return write_results(
-            runtime.get().engine, scored, worker, received_at=received_at, decode_ms=decode_ms
-        )
-    except Exception as exc:
-        if _transient(exc):
-            raise TransientError(f"results database unavailable: {exc}") from exc
-        raise
+def _write(
+    scored: ScoredBatch, worker: str, received_at: float, decode_ms: float, deadline: float
+) -> Any:
+    """Write; connection-type failures are retried in-task with backoff until `deadline`.
+
+    `deadline` (time.monotonic) ends the retries before the soft time limit: past it the
+    caller requeues the message instead, so an outage never turns into a killed process
+    (which the delivery cap would count) nor into a dropped message.
+    """
+    retrying = Retrying(
+        retry=retry_if_exception_type(TransientError),
+        stop=stop_after_attempt(1_000) | stop_before_delay(max(0.0, deadline - time.monotonic())),
+        wait=wait_exponential(multiplier=0.5, max=8),
+        reraise=True,
+    )
+    for attempt in retrying:
+        with attempt:
+            try:
+                return write_results(
+                    runtime.get().engine,
+                    scored,
+                    worker,
+                    received_at=received_at,
+                    decode_ms=decode_ms,
+                )
+            except Exception as exc:
+                if _transient(exc):
+                    raise TransientError(f"results database unavailable: {exc}") from exc
+                raise
+    raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
 
 def _score(batch: contract.Batch, soft_limit: int) -> ScoredBatch:
@@ -96,14 +116,27 @@ def score_batch_task(self: Any, **payload: Any) -> dict[str, Any]:
     raw_id = payload.get("batch_id")
     batch_id = raw_id if isinstance(raw_id, str) else None
     deliveries = rt.deliveries.start(batch_id) if batch_id else 0
+    answered = False
     try:
         if deliveries > rt.settings.max_deliveries:
-            return _dead_letter(self, payload, deliveries)
-        return _run(self, payload)
+            summary = _dead_letter(self, payload, deliveries)
+        else:
+            summary = _run(self, payload)
+        answered = True
+        return summary
+    except Retry:
+        raise
+    except Exception as exc:
+        # Last line of defence: a database blip anywhere (dead letter, unreadable message)
+        # requeues the message; only a finished answer may ack it.
+        if isinstance(exc, TransientError) or _transient(exc):
+            log.error("batch %s: %s; requeued", batch_id, exc)
+            raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
+        raise
     finally:
         # Reached unless the process died: only deliveries that died keep counting.
         if batch_id:
-            rt.deliveries.finish(batch_id)
+            rt.deliveries.finish(batch_id, answered)
 
 
 def _dead_letter(self: Any, payload: dict[str, Any], deliveries: int) -> dict[str, Any]:
@@ -121,35 +154,82 @@ def _dead_letter(self: Any, payload: dict[str, Any], deliveries: int) -> dict[st
     except ContractError as exc:
         scored = _malformed(payload, exc)
     worker = f"{self.request.hostname or 'local'}:{os.getpid()}"
-    report = _write(scored, worker, time.time(), 0.0)
+    report = _write(scored, worker, time.time(), 0.0, time.monotonic() + 10)
     return _summary(scored, report, dead_lettered=True)
 
 
 def _run(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
-    received_at = time.time()
+    received_at, t0 = time.time(), time.monotonic()
     started = time.perf_counter()
+    settings = runtime.get().settings
     try:
         batch = contract.decode_batch(payload)
         decode_ms = (time.perf_counter() - started) * 1000
-        scored = _score(batch, runtime.get().settings.soft_time_limit)
+        scored = _score(batch, settings.soft_time_limit)
     except ContractError as exc:
         log.error("malformed message: %s", exc)
-        scored, decode_ms = _malformed(payload, exc), 0.0
+        try:
+            scored, decode_ms = _malformed(payload, exc), 0.0
+        except ContractError:
+            return _unanswerable(payload, exc)
     except TransientError as exc:
         raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
     worker = f"{self.request.hostname or 'local'}:{os.getpid()}"
+    soft = settings.soft_time_limit
+    deadline = t0 + soft - min(5.0, soft * 0.2)
     try:
-        report = _write(scored, worker, received_at, decode_ms)
-    except TransientError as exc:
-        limit = runtime.get().settings.write_retries
-        if limit is not None and self.request.retries >= limit:
-            raise
+        report = _write(scored, worker, received_at, decode_ms, deadline)
+    except (TransientError, SoftTimeLimitExceeded) as exc:
         # NOTE: retry() publishes a copy of the message before this one is acked, so the
-        # batch survives even if this process dies right after.
+        # batch survives even if this process dies right after. No retry budget: a batch
+        # waits (requeued with backoff) for as long as the database is away.
+        log.error("batch %s: %s; requeued", scored.batch.batch_id, exc)
         raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
+    except Exception as exc:  # not a connectivity problem: a few retries, then dead letter
+        return _unwritable(self, payload, scored, worker, exc)
     summary = _summary(scored, report)
     log.info("batch %s: %s", scored.batch.batch_id, summary)
     return summary
+
+
+def _unwritable(
+    self: Any, payload: dict[str, Any], scored: ScoredBatch, worker: str, exc: Exception
+) -> dict[str, Any]:
+    """Results that fail to write for a non-transient reason: retry, then dead-letter.
+
+    The message is acked only once something durable holds it: its result rows, or a
+    `dead_letters` row with the payload (rows recoverable). If even that fails, it is
+    requeued again rather than dropped.
+    """
+    settings = runtime.get().settings
+    attempts = self.request.retries + 1
+    problem = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if attempts < settings.max_deliveries:
+        log.error("batch %s: results not written (%s); retrying", scored.batch.batch_id, problem)
+        raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
+    reason = f"results could not be written after {attempts} attempts: {problem}"
+    engine = runtime.get().engine
+    try:
+        write_dead_letter(engine, payload, attempts, reason)
+    except Exception as dl_exc:
+        log.error("batch %s: dead letter failed too (%s); requeued", scored.batch.batch_id, dl_exc)
+        raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
+    log.error("batch %s dead-lettered: %s", scored.batch.batch_id, reason)
+    answer = error_batch(scored.batch, f"dead-lettered: {reason} (see table dead_letters)")
+    try:  # the same cause may refuse these too; the dead letter already holds the rows
+        report = write_results(engine, answer, worker, received_at=time.time(), decode_ms=0.0)
+    except Exception as write_exc:
+        log.error("batch %s: error rows not written either: %s", scored.batch.batch_id, write_exc)
+        return {**_summary(answer, None), "dead_lettered": True}
+    return _summary(answer, report, dead_lettered=True)
+
+
+def _unanswerable(payload: dict[str, Any], exc: ContractError) -> dict[str, Any]:
+    """A message whose job ids cannot be read: nothing to answer, so keep it as a dead letter."""
+    reason = f"message rejected, job ids unreadable: {exc}"
+    write_dead_letter(runtime.get().engine, payload, 1, reason)
+    log.error("message dead-lettered: %s", reason)
+    return {"rows": 0, "dead_lettered": True, "reason": reason}
 
 
 def _summary(scored: ScoredBatch, report: Any, **extra: Any) -> dict[str, Any]:
@@ -159,8 +239,8 @@ def _summary(scored: ScoredBatch, report: Any, **extra: Any) -> dict[str, Any]:
         "rows": scored.batch.n_rows,
         "ok": scored.n_ok,
         "errors": scored.n_error,
-        "written": report.n_written,
-        "duplicate": report.duplicate_batch,
+        "written": report.n_written if report is not None else 0,
+        "duplicate": report.duplicate_batch if report is not None else False,
         **extra,
     }
 

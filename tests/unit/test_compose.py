@@ -24,9 +24,35 @@ def test_services_and_safety_settings():
         "service_completed_successfully"
     )
     assert "container_name" not in services["worker"]  # must stay scalable (--scale worker=N)
-    assert "--basic-auth=" in " ".join(services["flower"]["command"])
-    assert all(p.startswith("127.0.0.1:") for p in services["flower"]["ports"])
+    assert services["flower"]["command"][:2] == ["inferq", "flower"]
+    assert "--insecure-no-auth" not in services["flower"]["command"]
+    assert "FLOWER_BASIC_AUTH:?" in services["flower"]["environment"]["INFERQ_FLOWER_BASIC_AUTH"]
+    for name in ("flower", "metrics", "prometheus"):  # operator ports: localhost only
+        assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"]), name
     assert "healthcheck" in services["postgres"]
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in services["postgres"]["volumes"])
+    assert services["migrate"]["command"] == ["inferq", "db", "upgrade"]
+    assert services["migrate"]["restart"] == "no"  # one-shot
+
+
+def test_prometheus_is_optional_and_scrapes_flower_and_inferq():
+    compose = _compose()
+    prom = compose["services"]["prometheus"]
+    assert prom["profiles"] == ["monitoring"]
+    config_mount = next(v for v in prom["volumes"] if "prometheus.yml" in v)
+    config = yaml.safe_load((ROOT / config_mount.split(":")[0]).read_text())
+    targets = {
+        job["job_name"]: job["static_configs"][0]["targets"][0] for job in config["scrape_configs"]
+    }
+    metrics_port = compose["services"]["metrics"]["command"][-1]
+    assert targets == {"flower": "flower:5555", "inferq": f"metrics:{metrics_port}"}
+    assert "--port" in compose["services"]["flower"]["command"]
+
+
+def test_dockerfile_runs_as_non_root_with_a_models_volume():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "\nUSER inferq" in dockerfile and 'VOLUME ["/models"]' in dockerfile
+    assert "COPY ops ops" in dockerfile  # `inferq flower/metrics/scale` need the ops package
 
 
 def test_every_inferq_command_in_compose_exists():

@@ -28,8 +28,9 @@ def client(sqlite_settings, regressor_model, monkeypatch):
     registry.register(
         engine, settings.model_store_dir, regressor_model.path, "reg", alias="production"
     )
-    c = InferenceClient(settings, engine=engine)
-    c.fake = fakeredis.FakeRedis(host=host, port=6379, db=0)
+    fake = fakeredis.FakeRedis(host=host, port=6379, db=0)
+    c = InferenceClient(settings, engine=engine, redis_client=fake)
+    c.fake = fake
     yield c
     c.close()
 
@@ -115,3 +116,49 @@ def test_alias_lookups_are_cached_for_the_configured_time(sqlite_settings, regre
     assert cached.resolve("reg", version=2).version == 2  # pinned versions are exact
     cached._aliases.clear()  # TTL elapsed
     assert cached.resolve("reg").version == 2
+
+
+def test_every_sent_batch_is_recorded_in_the_inflight_ledger(client, regressor_model):
+    from common import inflight
+
+    client.submit("reg", np.asarray(regressor_model.x[:10]))
+    msgs = _messages(client)
+    recorded = {k.decode() for k in client.fake.hkeys(inflight.BODIES)}
+    payloads = [msgpack.unpackb(base64.b64decode(m["body"]), raw=False)[1] for m in msgs]
+    assert recorded == {p["batch_id"] for p in payloads}
+    assert client.fake.zcard(inflight.INDEX) == 3
+    # What a re-send needs is there byte for byte, and each message carries its send time.
+    first = payloads[0]
+    rec = inflight.unpack(first["batch_id"], client.fake.hget(inflight.BODIES, first["batch_id"]))
+    assert rec.payload == first and rec.queue == client.settings.online_queue
+    assert all(isinstance(m["headers"][inflight.SENT_HEADER], float) for m in msgs)
+
+
+def test_a_failed_enqueue_leaves_nothing_to_resend(client, monkeypatch):
+    from common import inflight
+
+    def refuse(*_a, **_k):
+        raise ConnectionError("broker went away")
+
+    monkeypatch.setattr("producer.client.send_score", refuse)
+    with pytest.raises(EnqueueError):
+        client.submit("reg", np.zeros((6, 10)))
+    assert client.fake.hlen(inflight.BODIES) == 0 and client.fake.zcard(inflight.INDEX) == 0
+
+
+def test_stale_records_are_resent_only_when_no_longer_queued(client):
+    import time
+
+    from common import inflight
+
+    client.submit("reg", np.zeros((6, 10)))  # two messages, both still queued
+    later = time.time() + 3600
+    assert inflight.stale(client.fake, later) == []  # the oldest queued is as old as them
+    lost = client.fake.rpop(client.settings.online_queue)  # one vanishes (BRPOP + SIGKILL)
+    lost_id = msgpack.unpackb(base64.b64decode(json.loads(lost)["body"]), raw=False)[1]
+    assert [r.batch_id for r in inflight.stale(client.fake, later)] == [lost_id["batch_id"]]
+    assert inflight.stale(client.fake, time.time() - 3600) == []  # not old enough yet
+    client.fake.delete(client.settings.online_queue)  # queue drained, both unanswered
+    assert len(inflight.stale(client.fake, later)) == 2
+    inflight.forget(client.fake, [lost_id["batch_id"]])  # answered
+    assert len(inflight.stale(client.fake, later)) == 1

@@ -1,0 +1,83 @@
+"""The in-flight reconciler: a worker bootstep that re-sends batches Redis lost.
+
+Runs in each worker's main process on Celery's timer; one worker per round does the work
+(a Redis lock). See common/inflight.py for what the ledger holds and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, ClassVar
+
+from celery import bootsteps
+
+from common import inflight
+from common.celery import send_score
+from common.settings import Settings
+
+log = logging.getLogger("inferq.worker")
+
+
+def reconcile_once(app: Any, client: Any, settings: Settings) -> int:
+    """Re-send every stale, unqueued batch of the ledger; returns how many were sent."""
+    if not inflight.claim_round(client, settings.reconcile_interval):
+        return 0
+    records = inflight.stale(client, time.time() - settings.stale_after)
+    if not records:
+        return 0
+    with app.producer_or_acquire() as producer:
+        for rec in records:
+            send_score(app, producer, rec.queue, rec.payload, rec.describe, time.time())
+            # Touch only after the send: a crash in between re-sends it next round.
+            pipe = client.pipeline(transaction=False)
+            inflight.touch(pipe, rec.batch_id)
+            pipe.execute()
+    log.warning(
+        "in-flight ledger: re-sent %d batch(es) unanswered for over %d s and no longer "
+        "queued (lost between Redis and a worker): %s",
+        len(records),
+        settings.stale_after,
+        ", ".join(r.batch_id for r in records[:5]) + (" ..." if len(records) > 5 else ""),
+    )
+    return len(records)
+
+
+class InflightReconciler(bootsteps.StartStopStep):
+    """Worker bootstep: run :func:`reconcile_once` every ``reconcile_interval`` seconds."""
+
+    requires: ClassVar[set[str]] = {"celery.worker.components:Timer"}
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.tref: Any = None
+        self.client: Any = None
+
+    def start(self, worker: Any) -> None:
+        """Schedule the rounds (only for Redis brokers with the ledger on)."""
+        settings: Settings = worker.app.inferq_settings
+        if not (settings.inflight_ledger and inflight.is_redis(settings.broker_url)):
+            return
+        import redis
+
+        self.client = redis.Redis.from_url(
+            str(settings.broker_url), socket_timeout=5, socket_connect_timeout=5
+        )
+        self.tref = worker.timer.call_repeatedly(
+            settings.reconcile_interval, self._round, (worker.app, settings), priority=10
+        )
+
+    def _round(self, app: Any, settings: Settings) -> None:
+        try:
+            reconcile_once(app, self.client, settings)
+        except Exception as exc:  # Redis away: the next round tries again
+            log.warning("in-flight reconcile round failed: %s", exc)
+
+    def stop(self, worker: Any) -> None:
+        """Cancel the rounds and close the Redis client."""
+        if self.tref is not None:
+            self.tref.cancel()
+            self.tref = None
+        if self.client is not None:
+            self.client.close()
+            self.client = None
