@@ -85,11 +85,18 @@ class Batch:
     #: Index of this batch's first row in the caller's submission (or input file), so error
     #: messages name the row the caller knows ("row 2017"), not its place in the message.
     row_offset: int = 0
+    #: Worker-side only (never on the wire): each row's number in its caller's submission,
+    #: for a batch merged from several messages (dynamic batching); else row_offset + i.
+    row_numbers: list[int] | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_rows(self) -> int:
         """Number of rows (= jobs) in the batch."""
         return len(self.job_ids)
+
+    def row_number(self, i: int) -> int:
+        """The number the caller knows row ``i`` of this batch by (for error messages)."""
+        return self.row_numbers[i] if self.row_numbers is not None else self.row_offset + i
 
     def describe(self) -> str:
         """Human summary for logs and Flower; never contains feature values."""

@@ -67,6 +67,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Largest number of rows one submit() call accepts (refused before Redis).",
     )
+    submit_linger_ms: float = Field(
+        default=2.0,
+        ge=0,
+        description="How long InferenceClient.submit waits for concurrent submits from other "
+        "threads of the process to share one message (like Kafka's linger.ms); 0 = one "
+        "message per call, published in the calling thread.",
+    )
     alias_cache_seconds: float = Field(
         default=5.0,
         ge=0,
@@ -107,6 +114,28 @@ class Settings(BaseSettings):
         "(kombu's default is effectively ~100 s).",
     )
     prefetch_multiplier: int = Field(default=1, ge=1)
+    consumer_stall_seconds: int = Field(
+        default=60,
+        ge=0,
+        description="Restart a worker's consumer when messages wait, a process is free and "
+        "nothing was received for this long (a reconnect that stopped fetching); 0 = off.",
+    )
+    online_max_batch_size: int = Field(
+        default=256,
+        ge=1,
+        description="Dynamic batching: online messages for one model version are merged "
+        "into one model call of up to this many rows (1 = off).",
+    )
+    online_max_delay_ms: float = Field(
+        default=2.0,
+        ge=0,
+        description="Dynamic batching: how long the first waiting online message may wait "
+        "for others to join its model call.",
+    )
+    online_batching: str | None = Field(
+        default=None,
+        description="Per-model overrides: 'forest=512/10,linear=off' (rows/delay ms, or off).",
+    )
     inflight_ledger: bool = Field(
         default=True,
         description="Record every sent batch in Redis until it is answered, so a message "
@@ -169,11 +198,52 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _batching_parses(self) -> Settings:
+        try:
+            parsed = self.batching_overrides()
+        except ValueError as exc:
+            raise ValueError(
+                "INFERQ_ONLINE_BATCHING must look like 'forest=512/10,linear=off' "
+                f"(model=rows/delay_ms or model=off): {exc}"
+            ) from None
+        for name, (size, delay) in parsed.items():
+            if not name or size < 1 or delay < 0:
+                raise ValueError(
+                    f"INFERQ_ONLINE_BATCHING entry for {name!r}: rows must be >= 1, delay >= 0"
+                )
+        return self
+
     # ----- derived values -------------------------------------------------------------
     @property
     def soft_time_limit(self) -> int:
         """Seconds after which a task is asked to stop (then answers its jobs with errors)."""
         return self.task_time_limit - min(30, max(1, self.task_time_limit // 10))
+
+    def batching_for(self, model: str) -> tuple[int, float]:
+        """(max rows, max delay in seconds) of dynamic batching for ``model``; rows 1 = off."""
+        size, delay = self.online_max_batch_size, self.online_max_delay_ms
+        for name, (s, d) in self.batching_overrides().items():
+            if name == model:
+                size, delay = s, d
+        return size, delay / 1000.0
+
+    def batching_overrides(self) -> dict[str, tuple[int, float]]:
+        """Parsed INFERQ_ONLINE_BATCHING (validated when settings are built)."""
+        out: dict[str, tuple[int, float]] = {}
+        for item in (self.online_batching or "").split(","):
+            if not item.strip():
+                continue
+            name, _, spec = item.strip().partition("=")
+            if spec.strip().lower() == "off":
+                out[name.strip()] = (1, 0.0)
+                continue
+            size, _, delay = spec.partition("/")
+            out[name.strip()] = (
+                int(size),
+                float(delay) if delay.strip() else self.online_max_delay_ms,
+            )
+        return out
 
     @property
     def stale_after(self) -> int:

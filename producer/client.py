@@ -8,8 +8,10 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from sqlalchemy import Engine
@@ -20,6 +22,7 @@ from common.db import make_engine
 from common.errors import EnqueueError, InvalidInput, ResultsTimeout, TooManyRows
 from common.settings import Settings, get_settings
 from models import registry
+from producer.coalesce import Coalescer
 from producer.encoding import to_matrix
 from producer.results import Result, fetch_results
 
@@ -34,15 +37,27 @@ class InferenceClient:
         app: InferqCelery | None = None,
         engine: Engine | None = None,
         redis_client: Any = None,
+        linger_ms: float | None = None,
     ) -> None:
-        """``redis_client``: for the in-flight ledger (default: built from the broker URL)."""
+        """``redis_client``: for the in-flight ledger (default: built from the broker URL).
+
+        ``linger_ms`` overrides ``INFERQ_SUBMIT_LINGER_MS`` for this client (0 = off).
+        """
+        if linger_ms is not None and linger_ms < 0:
+            raise InvalidInput(f"linger_ms must be >= 0, got {linger_ms}")
         self.settings = settings
+        self.linger_ms = settings.submit_linger_ms if linger_ms is None else linger_ms
         self.app = app or create_celery(settings)
         self._engine = engine
         # Registered versions never change: cache them. Aliases move: cache briefly.
         self._versions: dict[tuple[str, int], registry.ModelVersion] = {}
         self._aliases: dict[tuple[str, str], tuple[int, float]] = {}
         self._redis: Any = redis_client
+        # Many threads may share one client: lazy resources and registry lookups are made
+        # once under this lock (a second engine would leak a pool; a thundering herd of
+        # alias lookups would hit the database when the cache expires).
+        self._lock = threading.RLock()
+        self._coalescer: Coalescer | None = None
 
     @classmethod
     def from_env(cls) -> InferenceClient:
@@ -53,11 +68,17 @@ class InferenceClient:
     def engine(self) -> Engine:
         """The results/registry database engine (created on first use)."""
         if self._engine is None:
-            self._engine = make_engine(self.settings)
+            with self._lock:
+                if self._engine is None:
+                    self._engine = make_engine(self.settings)
         return self._engine
 
     def close(self) -> None:
-        """Release broker and database connections."""
+        """Publish pending coalesced submits, then release broker and database connections."""
+        with self._lock:
+            coalescer, self._coalescer = self._coalescer, None
+        if coalescer is not None:
+            coalescer.close()
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
@@ -81,16 +102,22 @@ class InferenceClient:
             key = (model, alias or registry.DEFAULT_ALIAS)
             hit = self._aliases.get(key)
             if hit is None or hit[1] < time.monotonic():
-                mv = registry.resolve(self.engine, model, None, key[1])
-                self._versions[(mv.name, mv.version)] = mv
-                ttl = self.settings.alias_cache_seconds
-                self._aliases[key] = (mv.version, time.monotonic() + ttl)
-                return mv
+                with self._lock:
+                    hit = self._aliases.get(key)  # another thread may have looked it up
+                    if hit is None or hit[1] < time.monotonic():
+                        mv = registry.resolve(self.engine, model, None, key[1])
+                        self._versions[(mv.name, mv.version)] = mv
+                        ttl = self.settings.alias_cache_seconds
+                        self._aliases[key] = (mv.version, time.monotonic() + ttl)
+                        return mv
             version = hit[0]
         found = self._versions.get((model, int(version)))
         if found is None:
-            found = registry.get_version(self.engine, model, int(version))
-            self._versions[(model, found.version)] = found
+            with self._lock:
+                found = self._versions.get((model, int(version)))
+                if found is None:
+                    found = registry.get_version(self.engine, model, int(version))
+                    self._versions[(model, found.version)] = found
         return found
 
     def build_batches(
@@ -183,9 +210,11 @@ class InferenceClient:
         if self._redis is None:
             import redis
 
-            self._redis = redis.Redis.from_url(
-                str(self.settings.broker_url), socket_timeout=10, socket_connect_timeout=5
-            )
+            with self._lock:
+                if self._redis is None:
+                    self._redis = redis.Redis.from_url(
+                        str(self.settings.broker_url), socket_timeout=10, socket_connect_timeout=5
+                    )
         return self._redis
 
     def submit(
@@ -205,11 +234,52 @@ class InferenceClient:
         ``alias`` (default ``production``) is resolved now. ``keys`` are your own row ids,
         stored in ``predictions.key``. A row that is not numeric is still accepted and
         answered with an error row; a submission that cannot be read at all raises.
+        This is ``submit_async(...).result()`` (see there for coalescing).
+        """
+        future = self.submit_async(
+            model, rows, version=version, alias=alias, job_ids=job_ids, keys=keys
+        )
+        return future.result()
+
+    def submit_async(
+        self,
+        model: str,
+        rows: Any,
+        *,
+        version: int | None = None,
+        alias: str | None = "production",
+        job_ids: Sequence[str] | None = None,
+        keys: Sequence[Any] | None = None,
+    ) -> Future[list[str]]:
+        """Like :meth:`submit`, without waiting for the broker: a future of the job ids.
+
+        Bad input raises here, at once. The future resolves once the broker accepted every
+        message carrying these rows, or raises :class:`EnqueueError` naming this call's jobs.
+        Done-callbacks run on the client's flush thread: they may call ``submit_async`` but
+        must not block on ``submit`` (that thread would wait for itself).
         """
         batches = self.build_batches(
             model, rows, version=version, alias=alias, job_ids=job_ids, keys=keys
         )
-        return self.publish(batches)
+        if self.linger_ms > 0:
+            return self._coalesce(batches)
+        future: Future[list[str]] = Future()
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(self.publish(batches))
+        except EnqueueError as exc:
+            future.set_exception(exc)
+        return future
+
+    def _coalesce(self, batches: Sequence[contract.Batch]) -> Future[list[str]]:
+        """Hand validated batches to this client's coalescer (created on first use)."""
+        with self._lock:
+            if self._coalescer is None:
+                self._coalescer = Coalescer(
+                    lambda b, q: self.publish(b, queue=q), self.settings.batch_size, self.linger_ms
+                )
+            coalescer = self._coalescer
+        return coalescer.put(batches, self.settings.online_queue)
 
     # ----- results --------------------------------------------------------------------
     def results(self, job_ids: Sequence[str]) -> list[Result]:

@@ -127,7 +127,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
         INFERQ_INFLIGHT_LEDGER=str(settings.inflight_ledger).lower(),
         INFERQ_INFLIGHT_STALE_AFTER=str(settings.stale_after),
         INFERQ_RECONCILE_INTERVAL=str(settings.reconcile_interval),
+        INFERQ_ONLINE_MAX_BATCH_SIZE=str(settings.online_max_batch_size),
+        INFERQ_ONLINE_MAX_DELAY_MS=str(settings.online_max_delay_ms),
+        INFERQ_CONSUMER_STALL_SECONDS=str(settings.consumer_stall_seconds),
     )
+    if settings.online_batching:
+        env["INFERQ_ONLINE_BATCHING"] = settings.online_batching
     if settings.broker_url:
         env["INFERQ_BROKER_URL"] = settings.broker_url
     if settings.database_url:

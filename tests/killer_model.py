@@ -18,3 +18,18 @@ class KillerModel(LogisticRegression):
         if (np.asarray(X)[:, 0] == 666).any():
             os.kill(os.getpid(), signal.SIGKILL)
         return super().predict_proba(X)
+
+
+def register_killer(settings, folder, seed: int):
+    """Fit and register a KillerModel as ``killer`` (production); returns (engine, x)."""
+    import joblib
+
+    from common.db import make_engine
+    from models import registry
+
+    x = np.random.default_rng(seed).normal(size=(200, 4))
+    joblib.dump(KillerModel().fit(x, (x[:, 0] > 0).astype(int)), folder / "killer.joblib")
+    engine = make_engine(settings)
+    registry.register(engine, settings.model_store_dir, folder / "killer.joblib", "killer",
+                      "production")  # fmt: skip
+    return engine, x

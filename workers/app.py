@@ -16,6 +16,8 @@ from common.celery import create_celery
 from workers import runtime
 from workers.preload import WorkerRuntime, limit_threads
 from workers.reconcile import InflightReconciler
+from workers.requests import patch_kombu_close_after_collect
+from workers.watchdog import ConsumerWatchdog
 
 log = logging.getLogger("inferq.worker")
 
@@ -23,6 +25,8 @@ app = create_celery()
 import workers.tasks  # noqa: E402,F401  (registers the task on this app)
 
 app.steps["worker"].add(InflightReconciler)
+patch_kombu_close_after_collect()
+app.steps["consumer"].add(ConsumerWatchdog)
 
 
 @worker_init.connect

@@ -141,12 +141,11 @@ def validate(batch: Batch, info: ModelInfo) -> dict[int, str]:
     """Messages for every invalid row of ``batch`` (index -> text); valid rows are absent."""
     errors = dict(batch.row_errors)
     x = batch.x
-    offset = batch.row_offset
     if x.shape[1] != info.n_features:
         for i in range(batch.n_rows):
             errors.setdefault(
                 i,
-                f"row {offset + i}: expected {info.n_features} features, got {x.shape[1]}",
+                f"row {batch.row_number(i)}: expected {info.n_features} features, got {x.shape[1]}",
             )
         return errors
     finite = np.isfinite(x)
@@ -159,7 +158,8 @@ def validate(batch: Batch, info: ModelInfo) -> dict[int, str]:
         what = "NaN (missing)" if np.isnan(value) else ("+inf" if value > 0 else "-inf")
         extra = int((~finite[i]).sum()) - 1
         more = f" (and {extra} more non-finite value{'s' * (extra > 1)})" if extra else ""
-        errors[i] = f"row {offset + i}: {feature_label(j, info.feature_names)} is {what}{more}"
+        label = feature_label(j, info.feature_names)
+        errors[i] = f"row {batch.row_number(i)}: {label} is {what}{more}"
     return errors
 
 
@@ -249,7 +249,7 @@ def _isolate_failures(
         nonlocal failed_singles
         if failed_singles >= MAX_ROW_PROBES and not good:
             for i in sub.tolist():
-                errors[i] = f"row {batch.row_offset + i}: the model failed ({why(first)})"
+                errors[i] = f"row {batch.row_number(i)}: the model failed ({why(first)})"
             return
         try:
             out = _checked_predict(model, info, batch.x[sub])
@@ -259,7 +259,7 @@ def _isolate_failures(
             if len(sub) == 1:
                 failed_singles += 1
                 i = int(sub[0])
-                errors[i] = f"row {batch.row_offset + i}: the model failed on this row ({why(exc)})"
+                errors[i] = f"row {batch.row_number(i)}: the model failed on this row ({why(exc)})"
                 return
             mid = len(sub) // 2
             visit(sub[:mid])

@@ -10,11 +10,10 @@ import logging
 import time
 from typing import Any, ClassVar
 
-from celery import bootsteps
-
 from common import inflight
 from common.celery import send_score
 from common.settings import Settings
+from workers.steps import RedisTimerStep
 
 log = logging.getLogger("inferq.worker")
 
@@ -43,41 +42,21 @@ def reconcile_once(app: Any, client: Any, settings: Settings) -> int:
     return len(records)
 
 
-class InflightReconciler(bootsteps.StartStopStep):
+class InflightReconciler(RedisTimerStep):
     """Worker bootstep: run :func:`reconcile_once` every ``reconcile_interval`` seconds."""
 
     requires: ClassVar[set[str]] = {"celery.worker.components:Timer"}
-
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
-        super().__init__(worker, **kwargs)
-        self.tref: Any = None
-        self.client: Any = None
 
     def start(self, worker: Any) -> None:
         """Schedule the rounds (only for Redis brokers with the ledger on)."""
         settings: Settings = worker.app.inferq_settings
         if not (settings.inflight_ledger and inflight.is_redis(settings.broker_url)):
             return
-        import redis
-
-        self.client = redis.Redis.from_url(
-            str(settings.broker_url), socket_timeout=5, socket_connect_timeout=5
-        )
-        self.tref = worker.timer.call_repeatedly(
-            settings.reconcile_interval, self._round, (worker.app, settings), priority=10
-        )
+        self.schedule(worker.timer, str(settings.broker_url), settings.reconcile_interval,
+                      self._round, (worker.app, settings))  # fmt: skip
 
     def _round(self, app: Any, settings: Settings) -> None:
         try:
             reconcile_once(app, self.client, settings)
         except Exception as exc:  # Redis away: the next round tries again
             log.warning("in-flight reconcile round failed: %s", exc)
-
-    def stop(self, worker: Any) -> None:
-        """Cancel the rounds and close the Redis client."""
-        if self.tref is not None:
-            self.tref.cancel()
-            self.tref = None
-        if self.client is not None:
-            self.client.close()
-            self.client = None

@@ -281,6 +281,39 @@ def write_results(
     return _write_sqlite(engine, scored, worker, received_at, decode_ms, started)
 
 
+def write_group(
+    engine: Engine, parts: list[ScoredBatch], worker: str, *, received_at: float,
+    decode_ms: float = 0.0,
+) -> list[WriteReport]:  # fmt: skip
+    """Write several scored messages (a dynamic batch) in one transaction, one ledger row each.
+
+    Same guarantees as :func:`write_results`: if any job id or batch already has rows (a
+    redelivery), the group is rolled back and each message is written on its own, through
+    the duplicate-safe path.
+    """
+    started = time.perf_counter()
+    if engine.dialect.name == "postgresql":
+        import psycopg
+
+        now = dt.datetime.now(dt.UTC)
+        payload = "".join(copy_payload(part, worker, now) for part in parts)
+        try:
+            with engine.begin() as conn:
+                copy_rows(conn.connection.driver_connection.cursor(), "predictions", payload)  # type: ignore[union-attr]
+                ms = (time.perf_counter() - started) * 1000
+                rows = [_ledger_values(p, worker, received_at, decode_ms, p.batch.n_rows, ms)
+                        for p in parts]  # fmt: skip
+                conn.execute(insert(prediction_batches), rows)
+            return [WriteReport(p.batch.n_rows, False, ms) for p in parts]
+        except Exception as exc:
+            if not isinstance(getattr(exc, "orig", exc), psycopg.errors.UniqueViolation):
+                raise
+    return [
+        write_results(engine, p, worker, received_at=received_at, decode_ms=decode_ms)
+        for p in parts
+    ]
+
+
 def write_dead_letter(
     engine: Engine, payload: dict[str, Any], deliveries: int, reason: str
 ) -> None:

@@ -72,7 +72,7 @@ def _write(
     raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
 
-def _score(batch: contract.Batch, soft_limit: int) -> ScoredBatch:
+def score_message(batch: contract.Batch, soft_limit: int) -> ScoredBatch:
     """Score a decoded batch; whatever goes wrong with the model becomes error rows."""
     try:
         loaded = runtime.get().get_model(batch.model, batch.version)
@@ -109,7 +109,14 @@ def _malformed(payload: dict[str, Any], exc: ContractError) -> ScoredBatch:
     return error_batch(batch, f"message rejected: {exc}")
 
 
-@shared_task(bind=True, name=contract.SCORE_BATCH, max_retries=None)
+@shared_task(
+    bind=True,
+    name=contract.SCORE_BATCH,
+    max_retries=None,
+    # Online messages go through the dynamic batcher (workers/batching.py).
+    Strategy="workers.batching:strategy",
+    Request="workers.requests:SafeRequest",
+)
 def score_batch_task(self: Any, **payload: Any) -> dict[str, Any]:
     """Score one batch message and commit its result rows; acked only after the commit."""
     rt = runtime.get()
@@ -155,7 +162,7 @@ def _dead_letter(self: Any, payload: dict[str, Any], deliveries: int) -> dict[st
         scored = _malformed(payload, exc)
     worker = f"{self.request.hostname or 'local'}:{os.getpid()}"
     report = _write(scored, worker, time.time(), 0.0, time.monotonic() + 10)
-    return _summary(scored, report, dead_lettered=True)
+    return summarize(scored, report, dead_lettered=True)
 
 
 def _run(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
@@ -165,7 +172,7 @@ def _run(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
     try:
         batch = contract.decode_batch(payload)
         decode_ms = (time.perf_counter() - started) * 1000
-        scored = _score(batch, settings.soft_time_limit)
+        scored = score_message(batch, settings.soft_time_limit)
     except ContractError as exc:
         log.error("malformed message: %s", exc)
         try:
@@ -187,7 +194,7 @@ def _run(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
         raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
     except Exception as exc:  # not a connectivity problem: a few retries, then dead letter
         return _unwritable(self, payload, scored, worker, exc)
-    summary = _summary(scored, report)
+    summary = summarize(scored, report)
     log.info("batch %s: %s", scored.batch.batch_id, summary)
     return summary
 
@@ -220,8 +227,8 @@ def _unwritable(
         report = write_results(engine, answer, worker, received_at=time.time(), decode_ms=0.0)
     except Exception as write_exc:
         log.error("batch %s: error rows not written either: %s", scored.batch.batch_id, write_exc)
-        return {**_summary(answer, None), "dead_lettered": True}
-    return _summary(answer, report, dead_lettered=True)
+        return {**summarize(answer, None), "dead_lettered": True}
+    return summarize(answer, report, dead_lettered=True)
 
 
 def _unanswerable(payload: dict[str, Any], exc: ContractError) -> dict[str, Any]:
@@ -232,7 +239,7 @@ def _unanswerable(payload: dict[str, Any], exc: ContractError) -> dict[str, Any]
     return {"rows": 0, "dead_lettered": True, "reason": reason}
 
 
-def _summary(scored: ScoredBatch, report: Any, **extra: Any) -> dict[str, Any]:
+def summarize(scored: ScoredBatch, report: Any, **extra: Any) -> dict[str, Any]:
     """The task result Flower shows: rows, ok/error counts, never feature values."""
     return {
         "model": f"{scored.model_name}@{scored.model_version}",

@@ -24,5 +24,6 @@ def test_bench_runs_and_writes_its_table(tmp_path, pg_admin, redis_url):
     assert text.startswith("# notes kept") and text.rstrip().endswith("tail")
     assert "old" not in text
     for needle in ("(1) in-process limit", "(2) inferq bulk", "(3) naive Celery", "Online:",
-                   "| bulk cheap ≥ 0.5× in-process |"):  # fmt: skip
+                   "| bulk cheap ≥ 0.5× in-process |", "Online dynamic batching",
+                   "How full the model calls were"):  # fmt: skip
         assert needle in text

@@ -138,19 +138,13 @@ def test_sigterm_during_a_run_finishes_or_requeues_in_flight_batches(
 def test_a_message_that_kills_its_worker_every_time_is_dead_lettered(
     fast_recovery, tmp_path, start_worker
 ):
-    import joblib
     import msgpack
     from sqlalchemy import text
 
-    from tests.killer_model import KillerModel
+    from tests.killer_model import register_killer
 
     settings = fast_recovery
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(200, 4))
-    joblib.dump(KillerModel().fit(x, (x[:, 0] > 0).astype(int)), tmp_path / "killer.joblib")
-    engine = make_engine(settings)
-    registry.register(engine, settings.model_store_dir, tmp_path / "killer.joblib", "killer",
-                      "production")  # fmt: skip
+    engine, x = register_killer(settings, tmp_path, seed=0)
     worker = start_worker(settings, concurrency=1)
     poison = x[:5].copy()
     poison[2, 0] = 666

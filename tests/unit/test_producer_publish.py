@@ -1,43 +1,23 @@
 """Producer publishing, checked on the wire with fakeredis (our own logic, no worker)."""
 
-import base64
 import json
-import uuid
 
-import fakeredis
-import msgpack
 import numpy as np
 import pytest
-from kombu.transport import redis as kombu_redis
 
 from common.db import make_engine
 from common.errors import EnqueueError, InvalidInput, ModelNotFound, TooManyRows
 from models import registry
 from producer import InferenceClient
+from tests.unit.fakebroker import body, fake_client
+from tests.unit.fakebroker import messages as _messages
 
 
 @pytest.fixture
 def client(sqlite_settings, regressor_model, monkeypatch):
-    # A host of its own per test: fakeredis keys its in-memory servers by host:port.
-    host = f"fake-{uuid.uuid4().hex[:8]}"
-    monkeypatch.setattr(kombu_redis.Channel, "connection_class", fakeredis.FakeRedisConnection)
-    settings = sqlite_settings.model_copy(
-        update={"broker_url": f"redis://{host}:6379/0", "batch_size": 4}
-    )
-    engine = make_engine(settings)
-    registry.register(
-        engine, settings.model_store_dir, regressor_model.path, "reg", alias="production"
-    )
-    fake = fakeredis.FakeRedis(host=host, port=6379, db=0)
-    c = InferenceClient(settings, engine=engine, redis_client=fake)
-    c.fake = fake
+    c = fake_client(monkeypatch, sqlite_settings, regressor_model.path, batch_size=4)
     yield c
     c.close()
-
-
-def _messages(c):
-    raw = c.fake.lrange(c.settings.online_queue, 0, -1)
-    return [json.loads(m) for m in reversed(raw)]  # LPUSH: newest first
 
 
 def test_submit_splits_into_msgpack_messages_with_raw_float_bytes(client, regressor_model):
@@ -52,7 +32,7 @@ def test_submit_splits_into_msgpack_messages_with_raw_float_bytes(client, regres
         # Flower/logs see only the summary, never feature values.
         assert m["headers"]["kwargsrepr"].startswith("model=reg version=1 rows=")
         assert m["headers"]["argsrepr"] == "()"
-    _args, kwargs, _embed = msgpack.unpackb(base64.b64decode(msgs[1]["body"]), raw=False)
+    kwargs = body(msgs[1])
     assert isinstance(kwargs["x"], bytes) and kwargs["shape"] == [4, 10]
     np.testing.assert_array_equal(np.frombuffer(kwargs["x"], "<f8").reshape(4, 10), x[4:8])
     assert kwargs["job_ids"] == ids[4:8] and kwargs["keys"] == ["4", "5", "6", "7"]
@@ -63,7 +43,7 @@ def test_bad_rows_are_enqueued_with_their_messages(client):
     rows = [[0.1] * 10, [0.1] * 9, [0.1] * 9 + ["x"]]
     client.submit("reg", rows)
     (msg,) = _messages(client)
-    _a, kwargs, _e = msgpack.unpackb(base64.b64decode(msg["body"]), raw=False)
+    kwargs = body(msg)
     assert kwargs["err_rows"] == [1, 2]
     assert kwargs["err_msgs"] == [
         "row 1: expected 10 features, got 9",
@@ -124,7 +104,7 @@ def test_every_sent_batch_is_recorded_in_the_inflight_ledger(client, regressor_m
     client.submit("reg", np.asarray(regressor_model.x[:10]))
     msgs = _messages(client)
     recorded = {k.decode() for k in client.fake.hkeys(inflight.BODIES)}
-    payloads = [msgpack.unpackb(base64.b64decode(m["body"]), raw=False)[1] for m in msgs]
+    payloads = [body(m) for m in msgs]
     assert recorded == {p["batch_id"] for p in payloads}
     assert client.fake.zcard(inflight.INDEX) == 3
     # What a re-send needs is there byte for byte, and each message carries its send time.
@@ -155,7 +135,7 @@ def test_stale_records_are_resent_only_when_no_longer_queued(client):
     later = time.time() + 3600
     assert inflight.stale(client.fake, later) == []  # the oldest queued is as old as them
     lost = client.fake.rpop(client.settings.online_queue)  # one vanishes (BRPOP + SIGKILL)
-    lost_id = msgpack.unpackb(base64.b64decode(json.loads(lost)["body"]), raw=False)[1]
+    lost_id = body(json.loads(lost))
     assert [r.batch_id for r in inflight.stale(client.fake, later)] == [lost_id["batch_id"]]
     assert inflight.stale(client.fake, time.time() - 3600) == []  # not old enough yet
     client.fake.delete(client.settings.online_queue)  # queue drained, both unanswered

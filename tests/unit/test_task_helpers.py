@@ -45,3 +45,13 @@ def test_payload_field_types_are_contract_errors(field, value):
     payload[field] = value
     with pytest.raises(ContractError):
         contract.decode_batch(payload)
+
+
+def test_watchdog_rule_needs_waiting_work_free_capacity_and_silence():
+    from workers.watchdog import stalled
+
+    assert stalled(waiting=5, free_process=True, idle_for=61, limit=60)
+    assert not stalled(waiting=0, free_process=True, idle_for=600, limit=60)  # nothing to do
+    assert not stalled(waiting=5, free_process=False, idle_for=600, limit=60)  # busy, not stuck
+    assert not stalled(waiting=5, free_process=True, idle_for=59, limit=60)  # not long enough
+    assert not stalled(waiting=5, free_process=True, idle_for=600, limit=0)  # turned off
