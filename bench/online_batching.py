@@ -37,6 +37,24 @@ def _fire(settings_json: str, model: str, n: int, rate: float | None, seed: int)
     return n
 
 
+def _reset(settings: Settings) -> None:
+    """An empty ledger, results table and broker db: no scenario sees another's leftovers."""
+    import redis
+
+    from common.db import make_engine
+    from common.schema import prediction_batches as pb
+
+    engine = make_engine(settings)
+    with engine.begin() as conn:
+        conn.execute(pb.delete())
+        conn.exec_driver_sql("TRUNCATE predictions")
+    engine.dispose()
+    client = redis.Redis.from_url(str(settings.broker_url))
+    client.flushdb()
+    client.set("inferq-bench-claim", "1", ex=7200)  # bench_env's claim on this db
+    client.close()
+
+
 def _ledger(settings: Settings, expected: int, timeout: float) -> list[Any]:
     """Ledger rows of every message once ``expected`` are committed."""
     from sqlalchemy import func, select
@@ -104,6 +122,8 @@ def producers(
     def start() -> Worker:
         return Worker.inferq(settings, workers, f"batching-{int(batching)}", **extra)
 
+    _reset(settings)
+
     worker = None if prefill else start()
     try:
         ctx = multiprocessing.get_context("spawn")
@@ -147,6 +167,7 @@ def flood(
     out: dict[str, Any] = {}
     n = int(rate * seconds)
     for label in ("alone", "with_bulk"):
+        _reset(settings)
         worker = Worker.inferq(settings, workers, f"flood-{label}",
                                INFERQ_PRELOAD="cheap:production")  # fmt: skip
         bulk_thread = None

@@ -58,6 +58,7 @@ class InferenceClient:
         # alias lookups would hit the database when the cache expires).
         self._lock = threading.RLock()
         self._coalescer: Coalescer | None = None
+        self._submitting = 0  # threads inside submit() right now
 
     @classmethod
     def from_env(cls) -> InferenceClient:
@@ -234,12 +235,26 @@ class InferenceClient:
         ``alias`` (default ``production``) is resolved now. ``keys`` are your own row ids,
         stored in ``predictions.key``. A row that is not numeric is still accepted and
         answered with an error row; a submission that cannot be read at all raises.
-        This is ``submit_async(...).result()`` (see there for coalescing).
+        With coalescing on, a call that has the client to itself (no other thread inside
+        ``submit``, nothing waiting to be merged) is published at once: lingering only pays
+        when another caller could share the message.
         """
-        future = self.submit_async(
-            model, rows, version=version, alias=alias, job_ids=job_ids, keys=keys
-        )
-        return future.result()
+        with self._lock:
+            self._submitting += 1
+            alone = self._submitting == 1 and (self._coalescer is None or self._coalescer.idle())
+        try:
+            if alone or self.linger_ms <= 0:
+                batches = self.build_batches(
+                    model, rows, version=version, alias=alias, job_ids=job_ids, keys=keys
+                )
+                return self.publish(batches)
+            future = self.submit_async(
+                model, rows, version=version, alias=alias, job_ids=job_ids, keys=keys
+            )
+            return future.result()
+        finally:
+            with self._lock:
+                self._submitting -= 1
 
     def submit_async(
         self,

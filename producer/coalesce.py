@@ -138,6 +138,11 @@ class Coalescer:
             self._cond.notify()
         return owner.future
 
+    def idle(self) -> bool:
+        """True when nothing waits to be merged or sent."""
+        with self._cond:
+            return not (self._open or self._ready)
+
     def _add(self, piece: _Piece, queue: str, now: float) -> None:
         """Put a piece into its bucket (caller holds the lock)."""
         n = piece.batch.n_rows

@@ -3,8 +3,15 @@
 Upstream services send online jobs a row or a few at a time; scored alone, most of each
 message's time is per-call overhead (a 100-tree forest: ~10 ms for 1 row, ~20 µs/row at
 1000). So the worker's main process holds online messages for the same model version for
-up to ``max_delay_ms`` (or until ``max_batch_size`` rows) and hands them to one prefork
-child as a group: one model call, one transaction with one ledger row per message.
+``max_delay_ms`` (longer while every pool process is busy, up to 25x the delay, since the
+group could not start anyway), or until ``max_batch_size`` rows, and hands them to one
+prefork child as a group: one model call, one transaction with one ledger row per message.
+
+Why always wait the delay, even when a process is free: with prefetch 1 the consumer only
+fetches another message once a process has taken the last one, so a worker that dispatched
+at once whenever a process was free would never see two messages together; waiting is what
+lets the window (and the group) grow. Other requests that arrive while online messages wait
+are dispatched after them, so the online queue keeps its priority over bulk chunks.
 
 Why not celery-batches: it pins Celery < 5.7, acks a batch even when it fails (the messages
 are gone) and its buffered tasks never show in Flower. Here:
@@ -115,6 +122,8 @@ class _Pending:
 #: MAX_HOLD_FACTOR x its delay (at least MIN_HOLD s): dispatched then, it would only wait in
 #: the pool's queue, where no later message can join it.
 BUSY_POLL = 0.001
+#: How often held bulk requests are checked for a free process.
+RELEASE_POLL = 0.005
 MAX_HOLD_FACTOR = 25
 MIN_HOLD = 0.05
 
@@ -127,6 +136,11 @@ class Batcher:
         self.settings = settings
         self.process = process  # Celery's own one-request path
         self.pending: dict[tuple[str, int], _Pending] = {}
+        # Other requests that arrived while online messages wait: they go to the pool after
+        # those, so a bulk chunk fetched thanks to a held message's prefetch credit never
+        # jumps ahead of the online group (the online queue keeps its priority).
+        self.deferred: list[Any] = []
+        self.release_timer: Any = None
         self.credits = 0  # prefetch increments outstanding, bounded
         self.max_credits = max(1, settings.online_max_batch_size)
 
@@ -149,7 +163,10 @@ class Batcher:
         """Celery's on_task_request for this task: buffer online messages, pass the rest."""
         spec = self._spec(req)
         if spec is None:
-            self.process(req)
+            if self.pending or self.deferred or not self._free_process():
+                self._defer(req)
+            else:
+                self.process(req)
             return
         key, rows, size, delay = spec
         pend = self.pending.get(key)
@@ -158,7 +175,7 @@ class Batcher:
             pend.timer = self.consumer.timer.call_after(delay, self._due, (key, delay), priority=5)
         pend.requests.append(req)
         pend.rows += rows
-        if self.credits < self.max_credits:
+        if self.credits < self.max_credits and not self.deferred:
             # NOTE: like Celery's ETA tasks: a held message must not use up the prefetch
             # window, or the batcher would wait for messages the consumer cannot fetch.
             pend.qos = self.consumer.qos
@@ -198,7 +215,32 @@ class Batcher:
         if len(pend.requests) == 1:
             self._give_back(pend)
             self.process(pend.requests[0])
-            return
+        else:
+            self._dispatch(pend)
+        self._release()
+
+    def _defer(self, req: Any) -> None:
+        """Hold a bulk (or retried) request until a process is free and no online waits.
+
+        NOTE: dispatched into a busy pool it would wait in the pool's own FIFO, ahead of
+        any online group that arrives after it; held here, online groups go first.
+        """
+        self.deferred.append(req)
+        if self.release_timer is None:
+            self.release_timer = self.consumer.timer.call_repeatedly(
+                RELEASE_POLL, self._release, (), priority=5
+            )
+
+    def _release(self) -> None:
+        """Dispatch held requests, oldest first, while processes are free and no online waits."""
+        while self.deferred and not self.pending and self._free_process():
+            self.process(self.deferred.pop(0))
+        if not self.deferred and self.release_timer is not None:
+            self.release_timer.cancel()
+            self.release_timer = None
+
+    def _dispatch(self, pend: _Pending) -> None:
+        """One pool job for a group; its callbacks settle each message."""
         reqs = pend.requests
         time_limit, soft_limit = reqs[0].time_limits
         task = reqs[0].task

@@ -84,11 +84,11 @@ def test_concurrent_single_rows_are_merged_and_each_job_gets_its_own_result(
 
     settings = batching_settings
     engine, fitted = _register_models(settings, binary_model, multiclass_model, tmp_path)
-    worker = start_worker(settings, concurrency=2)
     ctx = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(3, mp_context=ctx) as pool:
         futures = [pool.submit(_produce, settings.model_dump_json(), p, 4) for p in range(3)]
         sent = [s for f in futures for s in f.result(timeout=300)]
+    worker = start_worker(settings, concurrency=1)
     assert len(sent) == 3 * 4 * ROWS_PER_THREAD
     jobs = [s[0] for s in sent]
     counts, _ = wait_until_clean(engine, jobs, timeout=90)
@@ -132,14 +132,14 @@ def test_a_child_killed_mid_group_loses_nothing(pg_settings, start_worker, tmp_p
     settings = pg_settings.model_copy(update={"online_max_batch_size": 64,
                                               "online_max_delay_ms": 200})  # fmt: skip
     engine, x = register_killer(settings, tmp_path, seed=1)
-    worker = start_worker(settings, concurrency=1)
     rows = x[:30].copy()
     rows[17, 0] = 666
     # linger_ms=0: one message per row, so the worker-side batcher does all the merging.
     with InferenceClient(settings, engine=engine, linger_ms=0) as client:
-        with cf.ThreadPoolExecutor(10) as threads:  # 30 single-row messages at once
+        with cf.ThreadPoolExecutor(10) as threads:  # 30 single-row messages, then a worker
             jobs = list(threads.map(lambda i: client.submit("killer", rows[i : i + 1])[0],
                                     range(30)))  # fmt: skip
+        worker = start_worker(settings, concurrency=1)
         results = {r.job_id: r for r in client.wait(jobs, timeout=180)}
     counts, _ = wait_until_clean(engine, jobs, timeout=5)
     print(f"child killed mid-group: {counts}")

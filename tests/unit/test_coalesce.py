@@ -257,3 +257,21 @@ def test_lazy_resources_are_created_once_under_concurrency(sqlite_settings, monk
     with ThreadPoolExecutor(8) as pool:
         engines = list(pool.map(lambda _: client.engine, range(8)))
     assert len(made) == 1 and len({id(e) for e in engines}) == 1
+
+
+def test_a_lone_caller_is_not_made_to_linger(make):
+    """A blocking submit with the client to itself is published at once, whatever the linger;
+    while something waits to be merged, the next submit joins it instead."""
+    client = make(linger_ms=60_000)
+    started = time.monotonic()
+    (job,) = client.submit("reg", [_row(0, 0)])
+    assert time.monotonic() - started < 5
+    assert [m["job_ids"] for m in payloads(client)] == [[job]]
+    pending = client.submit_async("reg", [_row(0, 1)])  # opens a bucket (60 s linger)
+    joined = threading.Thread(target=client.submit, args=("reg", [_row(0, 2)]))
+    joined.start()
+    time.sleep(0.1)
+    assert joined.is_alive() and not pending.done()  # waiting to be merged, not sent alone
+    client.close()
+    joined.join(5)
+    assert len(payloads(client)) == 2 and len(payloads(client)[1]["job_ids"]) == 2
