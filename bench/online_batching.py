@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import datetime as dt
 import itertools
+import json
 import multiprocessing
 import time
 from collections import Counter
@@ -157,12 +158,13 @@ def flood(
     settings: Settings, workers: int, parquet: Any, rate: float, seconds: float
 ) -> dict[str, Any]:
     """Online latency (cheap model, ``rate`` jobs/s) alone and while a bulk run floods the
-    queue; the bulk chunk's processing time bounds the difference."""
-    import threading
+    queue; the bulk chunk's processing time bounds the difference. The bulk run is an
+    `inferq score` process of its own, as in production (sharing the online producer's
+    process, its reading and encoding would delay the online submits themselves)."""
+    import subprocess
+    import sys
 
-    from producer import InferenceClient
-    from producer.bulk import BulkScorer
-    from producer.sources import ParquetSource
+    from bench.env import ROOT, env_for
 
     out: dict[str, Any] = {}
     n = int(rate * seconds)
@@ -170,24 +172,26 @@ def flood(
         _reset(settings)
         worker = Worker.inferq(settings, workers, f"flood-{label}",
                                INFERQ_PRELOAD="cheap:production")  # fmt: skip
-        bulk_thread = None
+        bulk = None
         try:
-            with InferenceClient(settings) as client:
-                if label == "with_bulk":
-                    scorer = BulkScorer(client)
-                    run = scorer.prepare(ParquetSource(parquet), "cheap", "id",
-                                         run_id=f"flood-{int(time.time())}")  # fmt: skip
-                    bulk_thread = threading.Thread(target=scorer.enqueue, args=(run,))
-                    bulk_thread.start()
-                    time.sleep(1.0)  # the bulk queue fills first
-                sent = _fire(settings.model_dump_json(), "cheap", n, rate, seed=7)
-                chunks = 0
-                if bulk_thread is not None:
-                    bulk_thread.join()
-                    chunks = scorer.wait(run.run_id, timeout=900).n_chunks or 0
+            if label == "with_bulk":
+                bulk = subprocess.Popen(
+                    [sys.executable, "-m", "inferq", "score", "-m", "cheap", "-i", str(parquet),
+                     "--id-column", "id", "--run-id", f"flood-{int(time.time())}", "--json"],
+                    env=env_for(settings), cwd=ROOT, stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL, text=True,
+                )  # fmt: skip
+                time.sleep(2.0)  # the bulk queue fills first
+            sent = _fire(settings.model_dump_json(), "cheap", n, rate, seed=7)
+            chunks = 0
+            if bulk is not None:
+                stdout, _ = bulk.communicate(timeout=900)
+                chunks = int(json.loads(stdout).get("n_chunks") or 0)
             rows = _ledger(settings, sent + chunks, timeout=900)
         finally:
             worker.stop()
+            if bulk is not None and bulk.poll() is None:
+                bulk.kill()
         online = [r for r in rows if r.run_id is None]
         bulk_rows = [r for r in rows if r.run_id is not None]
         out[label] = _latency(online) | {"jobs": len(online)}
