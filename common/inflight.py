@@ -9,7 +9,9 @@ it should have been answered and is provably not waiting in its queue. Writes ar
 idempotent per batch id, so a needless re-send costs a little work and never a second row.
 
 Keys (in the broker's Redis db): ``inferq:inflight`` (sorted set: batch id -> time the batch
-was last sent or started) and ``inferq:inflight:body`` (hash: batch id -> msgpack record).
+was last sent or started), ``inferq:inflight:queue`` (hash: batch id -> queue, so deciding
+what is stale never reads a payload) and ``inferq:inflight:body`` (hash: batch id -> msgpack
+record).
 Only Redis brokers have it; the embedded filesystem broker has no such window to cover.
 """
 
@@ -27,6 +29,7 @@ log = logging.getLogger("inferq.inflight")
 
 INDEX = "inferq:inflight"
 BODIES = "inferq:inflight:body"
+QUEUES = "inferq:inflight:queue"
 LOCK = "inferq:inflight:reconcile-lock"
 SENT_HEADER = "inferq_sent"  # message header: epoch seconds when this copy was published
 # kombu's Redis transport keeps priority levels in sub-lists "<queue>\x06\x16<level>".
@@ -72,6 +75,7 @@ def record(client: Any, records: Sequence[Record], sent_at: float) -> None:
         return
     pipe = client.pipeline(transaction=False)
     pipe.hset(BODIES, mapping={r.batch_id: pack(r) for r in records})
+    pipe.hset(QUEUES, mapping={r.batch_id: r.queue for r in records})
     pipe.zadd(INDEX, {r.batch_id: send_time(sent_at, i) for i, r in enumerate(records)})
     pipe.execute()
 
@@ -81,13 +85,20 @@ def send_time(sent_at: float, index: int) -> float:
     return sent_at + index * 1e-6
 
 
+def drop(pipe: Any, batch_ids: Sequence[str]) -> None:
+    """Queue the removal of records on ``pipe`` (the batches were answered)."""
+    if batch_ids:
+        pipe.zrem(INDEX, *batch_ids)
+        pipe.hdel(QUEUES, *batch_ids)
+        pipe.hdel(BODIES, *batch_ids)
+
+
 def forget(client: Any, batch_ids: Iterable[str]) -> None:
     """Drop records (the batch was answered, or its enqueue was reported as failed)."""
     ids = list(batch_ids)
     if ids:
         pipe = client.pipeline(transaction=False)
-        pipe.zrem(INDEX, *ids)
-        pipe.hdel(BODIES, *ids)
+        drop(pipe, ids)
         pipe.execute()
 
 
@@ -118,6 +129,14 @@ def queue_keys(queue: str) -> list[str]:
     return [queue if step == 0 else f"{queue}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS]
 
 
+def waiting(client: Any, queues: Sequence[str]) -> int:
+    """Messages waiting in ``queues`` (priority sub-lists included), in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    for key in (k for q in queues for k in queue_keys(q)):
+        pipe.llen(key)
+    return sum(pipe.execute())
+
+
 def oldest_waiting(client: Any, queue: str) -> float | None:
     """Send time of the oldest message waiting in ``queue``; +inf if empty; None if unknown.
 
@@ -133,30 +152,41 @@ def oldest_waiting(client: Any, queue: str) -> float | None:
 
 
 def stale(client: Any, older_than: float, limit: int = 500) -> list[Record]:
-    """Records last touched before ``older_than`` that are not waiting in their queue."""
+    """Records last touched before ``older_than`` that are not waiting in their queue.
+
+    Only the queue names of the candidates are read to decide; payloads (a bulk chunk's can
+    be MBs) are fetched for the records that are to be sent again.
+    """
     ids = client.zrangebyscore(INDEX, "-inf", older_than, start=0, num=limit, withscores=True)
     if not ids:
         return []
-    raws = client.hmget(BODIES, [bid for bid, _ in ids])
-    found: list[Record] = []
+    queues = client.hmget(QUEUES, [bid for bid, _ in ids])
+    due: list[str] = []
     orphans: list[str] = []
     horizon: dict[str, float | None] = {}
-    for (bid, touched), raw in zip(ids, raws, strict=True):
-        batch_id = bid.decode() if isinstance(bid, bytes) else str(bid)
-        if raw is None:  # answered between the two reads, or a body that never landed
+    for (bid, touched), raw_queue in zip(ids, queues, strict=True):
+        batch_id = _text(bid)
+        if raw_queue is None:  # answered between the two reads, or never fully recorded
             orphans.append(batch_id)
             continue
-        rec = unpack(batch_id, raw)
-        if rec.queue not in horizon:
-            horizon[rec.queue] = oldest_waiting(client, rec.queue)
-        oldest = horizon[rec.queue]
+        queue = _text(raw_queue)
+        if queue not in horizon:
+            horizon[queue] = oldest_waiting(client, queue)
+        oldest = horizon[queue]
         # Sent before everything still queued, so it is not queued: lost, or in a live
         # worker's hands for longer than the stale age (then a re-send is a harmless no-op).
         if oldest is not None and touched < oldest:
-            found.append(rec)
+            due.append(batch_id)
     if orphans:
         client.zrem(INDEX, *orphans)
-    return found
+    if not due:
+        return []
+    bodies = client.hmget(BODIES, due)
+    return [unpack(b, raw) for b, raw in zip(due, bodies, strict=True) if raw is not None]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def claim_round(client: Any, ttl: int) -> bool:

@@ -222,10 +222,8 @@ class Settings(BaseSettings):
 
     def batching_for(self, model: str) -> tuple[int, float]:
         """(max rows, max delay in seconds) of dynamic batching for ``model``; rows 1 = off."""
-        size, delay = self.online_max_batch_size, self.online_max_delay_ms
-        for name, (s, d) in self.batching_overrides().items():
-            if name == model:
-                size, delay = s, d
+        default = (self.online_max_batch_size, self.online_max_delay_ms)
+        size, delay = self.batching_overrides().get(model, default)
         return size, delay / 1000.0
 
     def batching_overrides(self) -> dict[str, tuple[int, float]]:

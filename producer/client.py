@@ -183,8 +183,7 @@ class InferenceClient:
                 inflight.record(ledger, records, sent_at)
             except Exception as exc:  # the broker's Redis is unreachable: nothing was sent
                 raise EnqueueError(sum(b.n_rows for b in batches), exc, []) from exc
-        sent: list[str] = []
-        done = 0
+        done = 0  # batches the broker took
         try:
             with self.app.producer_or_acquire() as producer, contextlib.ExitStack() as stack:
                 if batched:
@@ -192,17 +191,17 @@ class InferenceClient:
                 for i, (batch, payload) in enumerate(zip(batches, payloads, strict=True)):
                     at = inflight.send_time(sent_at, i)
                     send_score(self.app, producer, queue, payload, batch.describe(), at)
-                    sent.extend(batch.job_ids)
-                    done += 1
+                    done = i + 1
         except Exception as exc:
             if batched:
-                sent, done = [], 0
+                done = 0
             if ledger is not None:  # reported as not enqueued: must not be re-sent later
                 with contextlib.suppress(Exception):
                     inflight.forget(ledger, [b.batch_id for b in batches[done:]])
+            sent = [j for b in batches[:done] for j in b.job_ids]
             total = sum(b.n_rows for b in batches)
             raise EnqueueError(total - len(sent), exc, sent) from exc
-        return sent
+        return [j for b in batches for j in b.job_ids]
 
     def _ledger(self) -> Any:
         """Redis client for the in-flight ledger, or None (disabled or not a Redis broker)."""

@@ -32,8 +32,8 @@ are gone) and its buffered tasks never show in Flower. Here:
 from __future__ import annotations
 
 import logging
-import os
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,7 +49,8 @@ from workers import runtime
 from workers.merge import merge_batches, split_scored
 from workers.requests import channel_gone
 from workers.results import write_group
-from workers.tasks import score_message, summarize
+from workers.steps import free_process
+from workers.tasks import score_message, summarize, worker_name
 
 log = logging.getLogger("inferq.worker")
 
@@ -61,10 +62,10 @@ def run_group(hostname: str, payloads: list[dict[str, Any]]) -> list[Any]:
     rt = runtime.get()
     received_at, started = time.time(), time.perf_counter()
     out: list[Any] = [None] * len(payloads)
-    ids = [p.get("batch_id") if isinstance(p.get("batch_id"), str) else None for p in payloads]
+    ids = {i: p["batch_id"] for i, p in enumerate(payloads) if isinstance(p.get("batch_id"), str)}
+    starts = rt.deliveries.start_many(list(ids.values()))
     # A message past the delivery cap is dead-lettered by the one-message path.
-    cap = rt.settings.max_deliveries
-    fresh = [i for i, b in enumerate(ids) if b and rt.deliveries.start(b) <= cap]
+    fresh = [i for i, n in zip(ids, starts, strict=True) if n <= rt.settings.max_deliveries]
     try:
         pieces: list[contract.Batch] = []
         where: list[int] = []
@@ -83,7 +84,7 @@ def run_group(hostname: str, payloads: list[dict[str, Any]]) -> list[Any]:
         decode_ms = (time.perf_counter() - started) * 1000
         scored = score_message(merged, rt.settings.soft_time_limit)
         parts = split_scored(scored, pieces)
-        worker = f"{hostname}:{os.getpid()}"
+        worker = worker_name(hostname)
         try:
             reports = write_group(rt.engine, parts, worker, received_at=received_at,
                                   decode_ms=decode_ms)  # fmt: skip
@@ -102,9 +103,7 @@ def run_group(hostname: str, payloads: list[dict[str, Any]]) -> list[Any]:
         log.warning("group of %d messages failed (%s); one by one", len(payloads), exc)
         return out
     finally:
-        for i, b in enumerate(ids):
-            if b and i in fresh:
-                rt.deliveries.finish(b, answered=out[i] is not None)
+        rt.deliveries.finish_many({ids[i]: out[i] is not None for i in fresh})
 
 
 # ----- in the worker's main process -------------------------------------------------------
@@ -139,7 +138,8 @@ class Batcher:
         # Other requests that arrived while online messages wait: they go to the pool after
         # those, so a bulk chunk fetched thanks to a held message's prefetch credit never
         # jumps ahead of the online group (the online queue keeps its priority).
-        self.deferred: list[Any] = []
+        self.deferred: deque[Any] = deque()
+        self.limits: dict[str, tuple[int, float]] = {}
         self.release_timer: Any = None
         self.credits = 0  # prefetch increments outstanding, bounded
         self.max_credits = max(1, settings.online_max_batch_size)
@@ -154,7 +154,9 @@ class Batcher:
         model, version, job_ids = kw.get("model"), kw.get("version"), kw.get("job_ids")
         if not (isinstance(model, str) and isinstance(version, int) and isinstance(job_ids, list)):
             return None
-        size, delay = self.settings.batching_for(model)
+        if model not in self.limits:  # parsed once per model, not per message
+            self.limits[model] = self.settings.batching_for(model)
+        size, delay = self.limits[model]
         if size <= 1 or len(job_ids) >= size:
             return None
         return (model, version), len(job_ids), size, delay
@@ -187,11 +189,7 @@ class Batcher:
 
     def _free_process(self) -> bool:
         """True when a pool process could start a job now (unknown pools: always)."""
-        try:
-            pool = self.consumer.pool
-            return len(pool._pool._cache) < pool.num_processes
-        except Exception:
-            return True
+        return free_process(self.consumer.pool) is not False
 
     def _due(self, key: tuple[str, int], delay: float) -> None:
         """The first message's delay is over: dispatch, unless every process is busy."""
@@ -234,7 +232,7 @@ class Batcher:
     def _release(self) -> None:
         """Dispatch held requests, oldest first, while processes are free and no online waits."""
         while self.deferred and not self.pending and self._free_process():
-            self.process(self.deferred.pop(0))
+            self.process(self.deferred.popleft())
         if not self.deferred and self.release_timer is not None:
             self.release_timer.cancel()
             self.release_timer = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from common import inflight
@@ -46,31 +47,41 @@ class DeliveryCounter:
 
     def start(self, batch_id: str) -> int:
         """Record a delivery; returns how many deliveries of this batch did not finish + 1."""
-        if self._url is None:
-            return 0
+        return self.start_many([batch_id])[0]
+
+    def start_many(self, batch_ids: Sequence[str]) -> list[int]:
+        """:meth:`start` for several batches (a dynamic batch) in one round trip."""
+        if self._url is None or not batch_ids:
+            return [0] * len(batch_ids)
         try:
             pipe = self._redis().pipeline()
-            pipe.incr(self._key(batch_id))
-            pipe.expire(self._key(batch_id), _TTL)
-            if self._ledger:
-                inflight.touch(pipe, batch_id)
-            return int(pipe.execute()[0])
+            for batch_id in batch_ids:
+                pipe.incr(self._key(batch_id))
+                pipe.expire(self._key(batch_id), _TTL)
+                if self._ledger:
+                    inflight.touch(pipe, batch_id)
+            replies = pipe.execute()
         except Exception as exc:  # never block scoring on the counter
             log.warning("delivery counter unavailable: %s", exc)
-            return 0
+            return [0] * len(batch_ids)
+        step = 3 if self._ledger else 2
+        return [int(replies[i * step]) for i in range(len(batch_ids))]
 
     def finish(self, batch_id: str, answered: bool) -> None:
         """The delivery ended without its process dying; ``answered``: its rows are stored."""
-        if self._url is None:
+        self.finish_many({batch_id: answered})
+
+    def finish_many(self, outcomes: Mapping[str, bool]) -> None:
+        """:meth:`finish` for several batches (batch id -> answered) in one round trip."""
+        if self._url is None or not outcomes:
             return
         try:
             pipe = self._redis().pipeline(transaction=False)
-            pipe.delete(self._key(batch_id))
-            if self._ledger and answered:
-                pipe.zrem(inflight.INDEX, batch_id)
-                pipe.hdel(inflight.BODIES, batch_id)
-            elif self._ledger:  # requeued: its new copy was just sent
-                inflight.touch(pipe, batch_id)
+            pipe.delete(*(self._key(b) for b in outcomes))
+            if self._ledger:
+                inflight.drop(pipe, [b for b, answered in outcomes.items() if answered])
+                for batch_id in (b for b, answered in outcomes.items() if not answered):
+                    inflight.touch(pipe, batch_id)  # requeued: its new copy was just sent
             pipe.execute()
         except Exception as exc:
             # Harmless: a leftover record only causes a re-send, which is a no-op write.

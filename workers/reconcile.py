@@ -28,10 +28,11 @@ def reconcile_once(app: Any, client: Any, settings: Settings) -> int:
     with app.producer_or_acquire() as producer:
         for rec in records:
             send_score(app, producer, rec.queue, rec.payload, rec.describe, time.time())
-            # Touch only after the send: a crash in between re-sends it next round.
-            pipe = client.pipeline(transaction=False)
-            inflight.touch(pipe, rec.batch_id)
-            pipe.execute()
+    # Touched only after the sends: a crash in between re-sends them next round (a no-op).
+    pipe = client.pipeline(transaction=False)
+    for rec in records:
+        inflight.touch(pipe, rec.batch_id)
+    pipe.execute()
     log.warning(
         "in-flight ledger: re-sent %d batch(es) unanswered for over %d s and no longer "
         "queued (lost between Redis and a worker): %s",

@@ -174,17 +174,14 @@ def _ledger_values(
     }
 
 
-def _insert_ledger(conn: Connection, values: dict[str, Any], if_absent: bool) -> bool:
-    """Insert the ledger row; with ``if_absent``, False when the batch was already there."""
+def _claim_ledger(conn: Connection, values: dict[str, Any]) -> bool:
+    """Insert the batch's ledger row unless it is there; False when the batch was already
+    committed (a redelivery: write nothing)."""
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        stmt = pg_insert(prediction_batches).values(values)
-        if not if_absent:
-            conn.execute(stmt)
-            return True
-        returning = stmt.on_conflict_do_nothing().returning(prediction_batches.c.batch_id)
-        return conn.execute(returning).first() is not None
+        stmt = pg_insert(prediction_batches).values(values).on_conflict_do_nothing()
+        return conn.execute(stmt.returning(prediction_batches.c.batch_id)).first() is not None
     sqlite_stmt = insert(prediction_batches).values(values).prefix_with("OR IGNORE")
     return conn.execute(sqlite_stmt).rowcount == 1
 
@@ -195,30 +192,44 @@ def copy_rows(cursor: Any, table: str, payload: str) -> None:
         copy.write(payload)
 
 
-def _write_postgres(
-    engine: Engine, scored: ScoredBatch, worker: str, received_at: float, decode_ms: float,
+def _copy_in_one_transaction(
+    engine: Engine, parts: list[ScoredBatch], worker: str, received_at: float, decode_ms: float,
     started: float,
-) -> WriteReport:  # fmt: skip
+) -> list[WriteReport] | None:  # fmt: skip
+    """The common case: COPY every part's rows and insert one ledger row per part, in one
+    transaction. None when a job id or batch already has rows (rolled back: nothing written)."""
     import psycopg
 
-    payload = copy_payload(scored, worker, dt.datetime.now(dt.UTC))
+    payload = "".join(copy_payload(p, worker, dt.datetime.now(dt.UTC)) for p in parts)
     try:
         with engine.begin() as conn:
             copy_rows(conn.connection.driver_connection.cursor(), "predictions", payload)  # type: ignore[union-attr]
             ms = (time.perf_counter() - started) * 1000
-            values = _ledger_values(scored, worker, received_at, decode_ms, scored.batch.n_rows, ms)
-            _insert_ledger(conn, values, if_absent=False)
-        return WriteReport(scored.batch.n_rows, False, ms)
+            rows = [_ledger_values(p, worker, received_at, decode_ms, p.batch.n_rows, ms)
+                    for p in parts]  # fmt: skip
+            conn.execute(insert(prediction_batches), rows)
+        return [WriteReport(p.batch.n_rows, False, ms) for p in parts]
     except Exception as exc:
         if not isinstance(getattr(exc, "orig", exc), psycopg.errors.UniqueViolation):
             raise
+        return None
+
+
+def _write_postgres(
+    engine: Engine, scored: ScoredBatch, worker: str, received_at: float, decode_ms: float,
+    started: float,
+) -> WriteReport:  # fmt: skip
+    done = _copy_in_one_transaction(engine, [scored], worker, received_at, decode_ms, started)
+    if done is not None:
+        return done[0]
+    payload = copy_payload(scored, worker, dt.datetime.now(dt.UTC))
     # Some job ids (or the whole batch) already have rows: keep the first result of each.
     with engine.begin() as conn:
         # Claim the batch first: a redelivered batch writes nothing, even if its job ids
         # differ from the first delivery's.
         ms = (time.perf_counter() - started) * 1000
         values = _ledger_values(scored, worker, received_at, decode_ms, 0, ms)
-        if not _insert_ledger(conn, values, if_absent=True):
+        if not _claim_ledger(conn, values):
             return WriteReport(0, True, ms)
         cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         cur.execute(
@@ -259,7 +270,7 @@ def _write_sqlite(
     ]  # fmt: skip
     with engine.begin() as conn:
         values = _ledger_values(scored, worker, received_at, decode_ms, 0, 0.0)
-        if not _insert_ledger(conn, values, if_absent=True):  # redelivered batch: no-op
+        if not _claim_ledger(conn, values):  # redelivered batch: no-op
             return WriteReport(0, True, (time.perf_counter() - started) * 1000)
         written = conn.execute(insert(predictions).prefix_with("OR IGNORE"), params).rowcount
         ms = (time.perf_counter() - started) * 1000
@@ -291,23 +302,11 @@ def write_group(
     redelivery), the group is rolled back and each message is written on its own, through
     the duplicate-safe path.
     """
-    started = time.perf_counter()
     if engine.dialect.name == "postgresql":
-        import psycopg
-
-        now = dt.datetime.now(dt.UTC)
-        payload = "".join(copy_payload(part, worker, now) for part in parts)
-        try:
-            with engine.begin() as conn:
-                copy_rows(conn.connection.driver_connection.cursor(), "predictions", payload)  # type: ignore[union-attr]
-                ms = (time.perf_counter() - started) * 1000
-                rows = [_ledger_values(p, worker, received_at, decode_ms, p.batch.n_rows, ms)
-                        for p in parts]  # fmt: skip
-                conn.execute(insert(prediction_batches), rows)
-            return [WriteReport(p.batch.n_rows, False, ms) for p in parts]
-        except Exception as exc:
-            if not isinstance(getattr(exc, "orig", exc), psycopg.errors.UniqueViolation):
-                raise
+        started = time.perf_counter()
+        done = _copy_in_one_transaction(engine, parts, worker, received_at, decode_ms, started)
+        if done is not None:
+            return done
     return [
         write_results(engine, p, worker, received_at=received_at, decode_ms=decode_ms)
         for p in parts

@@ -32,3 +32,15 @@ class RedisTimerStep(bootsteps.StartStopStep):
         if self.client is not None:
             self.client.close()
             self.client = None
+
+
+def free_process(pool: Any) -> bool | None:
+    """Whether a prefork pool process could start a job now; None for pools we can't see into.
+
+    Jobs handed to the pool and not finished sit in billiard's result cache, so a cache
+    smaller than the process count means a process is idle.
+    """
+    try:
+        return len(pool._pool._cache) < pool.num_processes
+    except Exception:
+        return None

@@ -14,7 +14,6 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from tenacity import (
     Retrying,
     retry_if_exception_type,
-    stop_after_attempt,
     stop_before_delay,
     wait_exponential,
 )
@@ -51,7 +50,7 @@ def _write(
     """
     retrying = Retrying(
         retry=retry_if_exception_type(TransientError),
-        stop=stop_after_attempt(1_000) | stop_before_delay(max(0.0, deadline - time.monotonic())),
+        stop=stop_before_delay(max(0.0, deadline - time.monotonic())),
         wait=wait_exponential(multiplier=0.5, max=8),
         reraise=True,
     )
@@ -138,7 +137,7 @@ def score_batch_task(self: Any, **payload: Any) -> dict[str, Any]:
         # requeues the message; only a finished answer may ack it.
         if isinstance(exc, TransientError) or _transient(exc):
             log.error("batch %s: %s; requeued", batch_id, exc)
-            raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
+            raise _requeue(self, exc) from exc
         raise
     finally:
         # Reached unless the process died: only deliveries that died keep counting.
@@ -160,18 +159,17 @@ def _dead_letter(self: Any, payload: dict[str, Any], deliveries: int) -> dict[st
         scored = error_batch(batch, f"dead-lettered: {reason} (see table dead_letters)")
     except ContractError as exc:
         scored = _malformed(payload, exc)
-    worker = f"{self.request.hostname or 'local'}:{os.getpid()}"
+    worker = worker_name(self.request.hostname)
     report = _write(scored, worker, time.time(), 0.0, time.monotonic() + 10)
     return summarize(scored, report, dead_lettered=True)
 
 
 def _run(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
-    received_at, t0 = time.time(), time.monotonic()
-    started = time.perf_counter()
+    received_at, started = time.time(), time.monotonic()
     settings = runtime.get().settings
     try:
         batch = contract.decode_batch(payload)
-        decode_ms = (time.perf_counter() - started) * 1000
+        decode_ms = (time.monotonic() - started) * 1000
         scored = score_message(batch, settings.soft_time_limit)
     except ContractError as exc:
         log.error("malformed message: %s", exc)
@@ -180,18 +178,17 @@ def _run(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
         except ContractError:
             return _unanswerable(payload, exc)
     except TransientError as exc:
-        raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
-    worker = f"{self.request.hostname or 'local'}:{os.getpid()}"
+        raise _requeue(self, exc) from exc
+    worker = worker_name(self.request.hostname)
     soft = settings.soft_time_limit
-    deadline = t0 + soft - min(5.0, soft * 0.2)
+    deadline = started + soft - min(5.0, soft * 0.2)
     try:
         report = _write(scored, worker, received_at, decode_ms, deadline)
     except (TransientError, SoftTimeLimitExceeded) as exc:
-        # NOTE: retry() publishes a copy of the message before this one is acked, so the
-        # batch survives even if this process dies right after. No retry budget: a batch
-        # waits (requeued with backoff) for as long as the database is away.
+        # No retry budget: a batch waits (requeued with backoff) as long as the database
+        # is away.
         log.error("batch %s: %s; requeued", scored.batch.batch_id, exc)
-        raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
+        raise _requeue(self, exc) from exc
     except Exception as exc:  # not a connectivity problem: a few retries, then dead letter
         return _unwritable(self, payload, scored, worker, exc)
     summary = summarize(scored, report)
@@ -213,14 +210,14 @@ def _unwritable(
     problem = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     if attempts < settings.max_deliveries:
         log.error("batch %s: results not written (%s); retrying", scored.batch.batch_id, problem)
-        raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
+        raise _requeue(self, exc) from exc
     reason = f"results could not be written after {attempts} attempts: {problem}"
     engine = runtime.get().engine
     try:
         write_dead_letter(engine, payload, attempts, reason)
     except Exception as dl_exc:
         log.error("batch %s: dead letter failed too (%s); requeued", scored.batch.batch_id, dl_exc)
-        raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
+        raise _requeue(self, exc) from exc
     log.error("batch %s dead-lettered: %s", scored.batch.batch_id, reason)
     answer = error_batch(scored.batch, f"dead-lettered: {reason} (see table dead_letters)")
     try:  # the same cause may refuse these too; the dead letter already holds the rows
@@ -250,6 +247,17 @@ def summarize(scored: ScoredBatch, report: Any, **extra: Any) -> dict[str, Any]:
         "duplicate": report.duplicate_batch if report is not None else False,
         **extra,
     }
+
+
+def worker_name(hostname: str | None) -> str:
+    """Lineage for `predictions.worker`: node name and the pid of the process that scored."""
+    return f"{hostname or 'local'}:{os.getpid()}"
+
+
+def _requeue(self: Any, exc: BaseException) -> BaseException:
+    """Celery's retry: a copy of the message is published (with backoff) before this one is
+    acked, so it survives even if this process dies right after. Raise what it returns."""
+    return self.retry(exc=exc, countdown=_backoff(self.request.retries))
 
 
 def _backoff(retries: int) -> float:

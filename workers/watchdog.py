@@ -19,7 +19,7 @@ from celery.signals import task_received
 
 from common import inflight
 from common.settings import Settings
-from workers.steps import RedisTimerStep
+from workers.steps import RedisTimerStep, free_process
 
 log = logging.getLogger("inferq.worker")
 _last_received = [time.monotonic()]
@@ -44,6 +44,7 @@ class ConsumerWatchdog(RedisTimerStep):
     """Consumer bootstep: check every few seconds; registered anew by each consumer start."""
 
     requires: ClassVar[set[str]] = {"celery.worker.consumer.tasks:Tasks"}
+    started = 0.0  # monotonic time of the consumer start this step belongs to
 
     def start(self, c: Any) -> None:
         """Begin checking (Redis brokers only; INFERQ_CONSUMER_STALL_SECONDS=0 turns it off)."""
@@ -56,16 +57,16 @@ class ConsumerWatchdog(RedisTimerStep):
         self.schedule(c.timer, str(settings.broker_url), every, self._check, (c, limit))
 
     def _check(self, c: Any, limit: float) -> None:
+        free = free_process(c.pool)
+        if free is None:  # a pool we can't see into: nothing to conclude
+            return
+        queues = [q.name for q in (c.task_consumer.queues if c.task_consumer else [])]
         try:
-            queues = [q.name for q in (c.task_consumer.queues if c.task_consumer else [])]
-            keys = [k for q in queues for k in inflight.queue_keys(q)]
-            waiting = sum(self.client.llen(k) for k in keys) if keys else 0
-            pool = c.pool
-            free = len(pool._pool._cache) < pool.num_processes
-        except Exception as exc:  # Redis away or an unknown pool: nothing to conclude
+            waiting = inflight.waiting(self.client, queues) if queues else 0
+        except Exception as exc:  # Redis away: the consumer notices that on its own
             log.debug("watchdog check skipped: %s", exc)
             return
-        idle_for = time.monotonic() - max(_last_received[0], getattr(self, "started", 0.0))
+        idle_for = time.monotonic() - max(_last_received[0], self.started)
         if stalled(waiting, free, idle_for, limit):
             log.error(
                 "consumer stalled: %d message(s) waiting in %s, a free process, nothing "

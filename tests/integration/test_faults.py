@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from common import inflight
 from common.db import make_engine
 from models import registry
 from producer import InferenceClient
@@ -33,6 +34,13 @@ def fast_recovery(pg_settings):
     )
 
 
+def _register_cancer(settings, model_file):
+    """A migrated database with ``model_file`` registered as production "cancer"; its engine."""
+    engine = make_engine(settings)
+    registry.register(engine, settings.model_store_dir, model_file.path, "cancer", "production")
+    return engine
+
+
 def _rows(model_file, n: int) -> pd.DataFrame:
     rng = np.random.default_rng(3)
     base = model_file.x
@@ -52,8 +60,7 @@ def test_sigkill_of_the_whole_worker_mid_run_loses_nothing(
     from producer.sources import ParquetSource
 
     settings = fast_recovery
-    engine = make_engine(settings)
-    registry.register(engine, settings.model_store_dir, binary_model.path, "cancer", "production")
+    engine = _register_cancer(settings, binary_model)
     frame = _rows(binary_model, 100_000).reset_index(drop=True)
     frame.insert(0, "id", [f"r{i}" for i in range(len(frame))])
     frame.to_parquet(tmp_path / "rows.parquet")
@@ -89,8 +96,7 @@ def test_a_message_lost_between_redis_and_the_worker_is_sent_again(
     import redis
 
     settings = fast_recovery
-    engine = make_engine(settings)
-    registry.register(engine, settings.model_store_dir, binary_model.path, "cancer", "production")
+    engine = _register_cancer(settings, binary_model)
     with InferenceClient(settings.model_copy(update={"batch_size": 50}), engine=engine) as c:
         accepted = c.submit("cancer", _rows(binary_model, 200))  # 4 messages, no worker yet
     broker = redis.Redis.from_url(str(settings.broker_url))
@@ -102,7 +108,8 @@ def test_a_message_lost_between_redis_and_the_worker_is_sent_again(
     print(f"lost message: {counts} after {waited:.1f}s")
     assert counts.clean and counts.rows == 200
     assert "in-flight ledger: re-sent 1 batch(es)" in worker.output()
-    assert broker.zcard("inferq:inflight") == 0 and broker.hlen("inferq:inflight:body") == 0
+    assert broker.zcard(inflight.INDEX) == 0  # answered: the ledger is empty again
+    assert broker.hlen(inflight.BODIES) == broker.hlen(inflight.QUEUES) == 0
     engine.dispose()
 
 
@@ -110,8 +117,7 @@ def test_sigterm_during_a_run_finishes_or_requeues_in_flight_batches(
     fast_recovery, binary_model, start_worker
 ):
     settings = fast_recovery
-    engine = make_engine(settings)
-    registry.register(engine, settings.model_store_dir, binary_model.path, "cancer", "production")
+    engine = _register_cancer(settings, binary_model)
     worker = start_worker(settings, concurrency=2)
     with InferenceClient(settings.model_copy(update={"batch_size": 500}), engine=engine) as c:
         accepted = c.submit("cancer", _rows(binary_model, 50_000))  # 100 messages

@@ -156,3 +156,23 @@ def test_copy_round_trips_every_special_character_through_postgres(pg_settings):
     assert (rows["j2"].error, rows["j2"].label, rows["j2"].probabilities) == (nasty[4], None, None)
     assert rows["j0"].worker == "w\\1"
     engine.dispose()
+
+
+def test_group_write_is_one_transaction_and_falls_back_per_message_on_a_redelivery(pg_settings):
+    from workers.results import write_group
+
+    engine = make_engine(pg_settings)
+    a, b, c = _scored(["a1", "a2"]), _scored(["b1"]), _scored(["c1", "c2", "c3"])
+    reports = write_group(engine, [a, b], "w", received_at=0)
+    assert [(r.n_written, r.duplicate_batch) for r in reports] == [(2, False), (1, False)]
+    assert len({r.write_ms for r in reports}) == 1  # one transaction for the group
+    # b is delivered again inside a new group: the group falls back to per-message writes,
+    # b writes nothing, c is written in full.
+    reports = write_group(engine, [b, c], "w", received_at=0)
+    assert [(r.n_written, r.duplicate_batch) for r in reports] == [(0, True), (3, False)]
+    assert _count(engine) == 6 and _count(engine, prediction_batches) == 3
+    with engine.connect() as conn:
+        per_batch = dict(conn.execute(select(predictions.c.batch_id, func.count())
+                                      .group_by(predictions.c.batch_id)).all())  # fmt: skip
+    assert per_batch == {a.batch.batch_id: 2, b.batch.batch_id: 1, c.batch.batch_id: 3}
+    engine.dispose()

@@ -111,6 +111,8 @@ def test_every_sent_batch_is_recorded_in_the_inflight_ledger(client, regressor_m
     first = payloads[0]
     rec = inflight.unpack(first["batch_id"], client.fake.hget(inflight.BODIES, first["batch_id"]))
     assert rec.payload == first and rec.queue == client.settings.online_queue
+    queues = {v.decode() for v in client.fake.hvals(inflight.QUEUES)}
+    assert queues == {client.settings.online_queue} and client.fake.hlen(inflight.QUEUES) == 3
     assert all(isinstance(m["headers"][inflight.SENT_HEADER], float) for m in msgs)
 
 
@@ -124,6 +126,7 @@ def test_a_failed_enqueue_leaves_nothing_to_resend(client, monkeypatch):
     with pytest.raises(EnqueueError):
         client.submit("reg", np.zeros((6, 10)))
     assert client.fake.hlen(inflight.BODIES) == 0 and client.fake.zcard(inflight.INDEX) == 0
+    assert client.fake.hlen(inflight.QUEUES) == 0
 
 
 def test_stale_records_are_resent_only_when_no_longer_queued(client):

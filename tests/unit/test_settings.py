@@ -55,3 +55,14 @@ def test_safety_critical_celery_settings():
     assert conf["accept_content"] == ["msgpack", "json"]
     assert conf["task_serializer"] == "msgpack"
     assert conf["task_time_limit"] < conf["broker_transport_options"]["visibility_timeout"]
+
+
+def test_per_model_batching_overrides_parse_and_bad_ones_are_refused():
+    s = get_settings(online_batching="forest=512/10, linear=off,x=32", online_max_delay_ms=3)
+    assert s.batching_for("forest") == (512, 0.010)
+    assert s.batching_for("linear") == (1, 0.0)  # off
+    assert s.batching_for("x") == (32, 0.003)  # the default delay
+    assert s.batching_for("other") == (256, 0.003)  # the defaults
+    for bad in ("forest=abc", "forest=0/2", "=5/1"):
+        with pytest.raises(ValidationError, match="INFERQ_ONLINE_BATCHING"):
+            get_settings(online_batching=bad)
