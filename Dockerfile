@@ -10,6 +10,7 @@ COPY models models
 COPY migrations migrations
 COPY inferq inferq
 COPY ops ops
+COPY bench bench
 RUN pip install --no-cache-dir . && useradd --create-home --uid 10001 inferq \
     && mkdir -p /models && chown inferq /models
 USER inferq

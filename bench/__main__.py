@@ -1,4 +1,4 @@
-"""`python -m bench`: inferq against the in-process limit and the naive Celery pattern.
+"""`python -m inferq.bench`: inferq against the in-process limit and the naive Celery pattern.
 
 Runs every scenario in one invocation on this machine's real Redis and Postgres (a throwaway
 database and Redis db), prints one table and writes it into BENCHMARKS.md between the
@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from inferq.bench import scenarios
+from inferq.bench.data import make_rows, train_models
+from inferq.bench.env import ROOT, bench_env
 from rich.console import Console
-
-from bench import scenarios
-from bench.data import make_rows, train_models
-from bench.env import ROOT, bench_env
 
 console = Console()
 TARGETS = {
@@ -34,7 +33,7 @@ TARGETS = {
 
 def parse_args() -> argparse.Namespace:
     cpus = os.cpu_count() or 1
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m inferq.bench", description=__doc__)
     p.add_argument("--quick", action="store_true", help="small sizes (a couple of minutes)")
     p.add_argument("--workers", type=int, default=cpus, help="worker processes (default: CPUs)")
     p.add_argument("--rows", type=int, help="rows for the cheap model (default 1,000,000)")
@@ -118,7 +117,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 settings, args.online_rate, args.online_seconds, args.workers
             )
         if "batching" not in args.skip:
-            from bench.online_batching import run_all
+            from inferq.bench.online_batching import run_all
 
             console.print("online batching: forest, 4 producers; bulk flood ...")
             res["batching"] = run_all(settings, args.workers, args.quick, files["cheap"],
@@ -150,7 +149,7 @@ def _ratio(a: dict[str, Any], b: dict[str, Any] | None) -> float | None:
 def markdown(res: dict[str, Any], started: float) -> str:
     """The results block of BENCHMARKS.md."""
     out = [
-        f"Measured by `python -m bench{' --quick' if res['args']['quick'] else ''}` on "
+        f"Measured by `python -m inferq.bench{' --quick' if res['args']['quick'] else ''}` on "
         f"{dt.date.today():%Y-%m-%d}: {machine()}; Redis and PostgreSQL on the same machine; "
         f"{res['args']['workers']} worker processes; chunk {res['args']['chunk_size']} rows; "
         f"total benchmark time {time.time() - started:.0f}s.",
@@ -202,7 +201,7 @@ def markdown(res: dict[str, Any], started: float) -> str:
         checks.append(("online p50 ≤ 10 ms at 200 jobs/s", f"{o['p50_ms']:.1f} ms",
                        o["p50_ms"] <= 10))  # fmt: skip
     if "batching" in res:
-        from bench.online_batching import markdown_lines
+        from inferq.bench.online_batching import markdown_lines
 
         lines, more = markdown_lines(res["batching"])
         out += lines

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from common.settings import Settings
+from inferq.common.settings import Settings
+
 from inferq.procs import stop_worker
 
 PG_ADMIN = os.environ.get("INFERQ_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -29,7 +30,7 @@ def bench_env() -> Iterator[Settings]:
     import psycopg
     import redis
 
-    import migrations
+    from inferq import migrations
 
     tag = uuid.uuid4().hex[:8]
     db = f"inferq_bench_{tag}"
@@ -88,7 +89,7 @@ class Worker:
     @classmethod
     def inferq(cls, settings: Settings, concurrency: int, name: str, **extra: str) -> Worker:
         """A real inferq worker with ``concurrency`` prefork processes, ready to consume."""
-        from common.celery import create_celery
+        from inferq.common.celery import create_celery
 
         node = f"{name}-{uuid.uuid4().hex[:4]}@{socket.gethostname()}"
         argv = [sys.executable, "-m", "inferq", "worker", f"--concurrency={concurrency}",

@@ -14,15 +14,14 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
-
-from bench.data import FEATURES, make_rows
-from bench.env import Worker
-from common.settings import Settings
+from inferq.bench.data import FEATURES, make_rows
+from inferq.bench.env import Worker
+from inferq.common.settings import Settings
 
 
 def _fire(settings_json: str, model: str, n: int, rate: float | None, seed: int) -> int:
     """One producer process: ``n`` single-row submits (one message each), paced or flat out."""
-    from producer import InferenceClient
+    from inferq.producer import InferenceClient
 
     settings = Settings.model_validate_json(settings_json)
     x = make_rows(n, seed=seed)[FEATURES].to_numpy()
@@ -41,9 +40,8 @@ def _fire(settings_json: str, model: str, n: int, rate: float | None, seed: int)
 def _reset(settings: Settings) -> None:
     """An empty ledger, results table and broker db: no scenario sees another's leftovers."""
     import redis
-
-    from common.db import make_engine
-    from common.schema import prediction_batches as pb
+    from inferq.common.db import make_engine
+    from inferq.common.schema import prediction_batches as pb
 
     engine = make_engine(settings)
     with engine.begin() as conn:
@@ -58,10 +56,9 @@ def _reset(settings: Settings) -> None:
 
 def _ledger(settings: Settings, expected: int, timeout: float) -> list[Any]:
     """Ledger rows of every message once ``expected`` are committed."""
+    from inferq.common.db import make_engine
+    from inferq.common.schema import prediction_batches as pb
     from sqlalchemy import func, select
-
-    from common.db import make_engine
-    from common.schema import prediction_batches as pb
 
     engine = make_engine(settings)
     deadline = time.monotonic() + timeout
@@ -164,7 +161,7 @@ def flood(
     import subprocess
     import sys
 
-    from bench.env import ROOT, env_for
+    from inferq.bench.env import ROOT, env_for
 
     out: dict[str, Any] = {}
     n = int(rate * seconds)

@@ -11,16 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from bench.data import FEATURES
-from bench.env import ROOT, Worker, env_for
-from common.settings import Settings
+from inferq.bench.data import FEATURES
+from inferq.bench.env import ROOT, Worker, env_for
+from inferq.common.settings import Settings
 
 
 def register(settings: Settings, path: Path, name: str) -> None:
     """Register a model artifact as `name` with alias production."""
-    from common.db import make_engine
-    from models import registry
+    from inferq.common.db import make_engine
+    from inferq.models import registry
 
     engine = make_engine(settings)
     registry.register(engine, settings.model_store_dir, path, name, "production")
@@ -30,15 +29,14 @@ def register(settings: Settings, path: Path, name: str) -> None:
 def in_process(settings: Settings, model_path: Path, parquet: Path, chunk: int) -> dict[str, Any]:
     """(1) The limit: read -> predict_proba -> COPY, one process, no queue, same row format."""
     import joblib
-
-    from common.contract import Batch
-    from common.db import make_engine
-    from models.artifacts import inspect_estimator
-    from producer.bulk import rechunk
-    from producer.sources import ParquetSource
-    from workers.inference import ModelInfo, score_batch
-    from workers.preload import limit_threads
-    from workers.results import copy_payload, copy_rows
+    from inferq.common.contract import Batch
+    from inferq.common.db import make_engine
+    from inferq.models.artifacts import inspect_estimator
+    from inferq.producer.bulk import rechunk
+    from inferq.producer.sources import ParquetSource
+    from inferq.workers.inference import ModelInfo, score_batch
+    from inferq.workers.preload import limit_threads
+    from inferq.workers.results import copy_payload, copy_rows
 
     limit_threads()
     model = joblib.load(model_path)
@@ -92,8 +90,7 @@ def naive(settings: Settings, model_path: Path, rows: int, workers: int) -> dict
     """(3) One Celery task per row, JSON arguments, one INSERT per row (tutorial style)."""
     import psycopg
     from celery import Celery
-
-    from bench.data import make_rows
+    from inferq.bench.data import make_rows
 
     db_url = settings.database_url or ""
     with psycopg.connect(db_url, autocommit=True) as conn:
@@ -103,7 +100,7 @@ def naive(settings: Settings, model_path: Path, rows: int, workers: int) -> dict
              "NAIVE_MODEL": str(model_path)}  # fmt: skip
     env = env_for(settings, **extra)
     node = f"naive-{int(time.time())}@localhost"
-    argv = [sys.executable, "-m", "celery", "-A", "bench.naive_app", "worker",
+    argv = [sys.executable, "-m", "celery", "-A", "inferq.bench.naive_app", "worker",
             f"--concurrency={workers}", f"--hostname={node}", "--loglevel=WARNING",
             "--without-gossip", "--without-mingle"]  # fmt: skip
     app = Celery("naive", broker=settings.broker_url)
@@ -130,11 +127,10 @@ def naive(settings: Settings, model_path: Path, rows: int, workers: int) -> dict
 
 def online(settings: Settings, rate: float, duration: float, workers: int) -> dict[str, Any]:
     """(4) Single-row submits at a fixed rate; latency submit -> committed (ledger commit)."""
+    from inferq.bench.data import make_rows
+    from inferq.common.schema import prediction_batches
+    from inferq.producer import InferenceClient
     from sqlalchemy import select
-
-    from bench.data import make_rows
-    from common.schema import prediction_batches
-    from producer import InferenceClient
 
     worker = Worker.inferq(settings, workers, "online", INFERQ_PRELOAD="cheap:production")
     n = int(rate * duration)
@@ -181,9 +177,8 @@ def memory(settings: Settings, model: str, model_path: Path, workers: int) -> di
     """(5) USS/PSS of the worker parent and children: baseline (small model only), the large
     model preloaded before fork, and the large model loaded in each child."""
     import psutil
-
-    from bench.data import make_rows
-    from producer import InferenceClient
+    from inferq.bench.data import make_rows
+    from inferq.producer import InferenceClient
 
     out: dict[str, Any] = {"model_mb": model_memory_mb(model_path)}
     configs = (

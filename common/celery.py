@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from inferq.common import contract, inflight
+from inferq.common.settings import Settings, get_settings
 from kombu import Exchange, Queue
-
-from common import contract, inflight
-from common.settings import Settings, get_settings
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from common.errors import ContractError, InvalidName
+from inferq.common.errors import ContractError, InvalidName
 
 #: Celery task name of the batch scoring task (workers register it; producers send by name).
 SCORE_BATCH = "inferq.score_batch"

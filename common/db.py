@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from inferq.common.settings import Settings
 from sqlalchemy import Engine, create_engine, event
-
-from common.settings import Settings
 
 
 def make_engine(settings: Settings, **kwargs: Any) -> Engine:

@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from common.errors import InferqError
-from common.settings import Settings, get_settings
+from inferq.common.errors import InferqError
+from inferq.common.settings import Settings, get_settings
 
 app = typer.Typer(
     help="inferq: asynchronous batch inference for scikit-learn models "
@@ -36,7 +36,7 @@ def _print_json(data: Any) -> None:
 
 
 def _engine(settings: Settings) -> Any:
-    from common.db import make_engine
+    from inferq.common.db import make_engine
 
     return make_engine(settings)
 
@@ -52,7 +52,7 @@ def models_register(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Register PATH as the next version of NAME (copied into the model store, sha256 recorded)."""
-    from models import registry
+    from inferq.models import registry
 
     settings = get_settings()
     mv = registry.register(_engine(settings), settings.model_store_dir, path, name, alias)
@@ -71,7 +71,7 @@ def models_list(
     as_json: bool = JSON_OPT,
 ) -> None:
     """List registered model versions and their aliases."""
-    from models import registry
+    from inferq.models import registry
 
     versions = registry.list_models(_engine(get_settings()), name)
     if as_json:
@@ -102,7 +102,7 @@ def models_promote(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Point an alias (default production) of NAME at VERSION."""
-    from models import registry
+    from inferq.models import registry
 
     mv = registry.promote(_engine(get_settings()), name, version, alias)
     if as_json:
@@ -117,7 +117,7 @@ def db_upgrade(
     revision: str = typer.Argument("head", help="Target revision."),
 ) -> None:
     """Apply migrations (same as `alembic upgrade head`)."""
-    import migrations
+    from inferq import migrations
 
     settings = get_settings()
     migrations.upgrade(settings, revision)
@@ -127,7 +127,7 @@ def db_upgrade(
 @db_app.command("current")
 def db_current(as_json: bool = JSON_OPT) -> None:
     """Show the database's migration revision and the newest one shipped."""
-    import migrations
+    from inferq import migrations
 
     settings = get_settings()
     current, head = migrations.current_revision(settings), migrations.head_revision(settings)
@@ -151,8 +151,8 @@ def worker(
     loglevel: str = typer.Option("info", "--loglevel", "-l", help="Log level."),
     pool: str = typer.Option("prefork", "--pool", "-P", help="Celery pool (prefork, solo...)."),
 ) -> None:
-    """Start a worker (same as `celery -A workers.app worker`) with models preloaded."""
-    from workers.app import app as celery_app
+    """Start a worker (same as `celery -A inferq.workers.app worker`) with models preloaded."""
+    from inferq.workers.app import app as celery_app
 
     settings = celery_app.inferq_settings
     argv = [

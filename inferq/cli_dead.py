@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from common.settings import get_settings
+from inferq.common.settings import get_settings
 
 console = Console(stderr=True, soft_wrap=True)
 dead_app = typer.Typer(
@@ -25,8 +25,8 @@ def list_cmd(
     as_json: bool = JSON_OPT,
 ) -> None:
     """List dead-lettered batches with the reason and how many rows they hold."""
-    from producer import InferenceClient
-    from producer.deadletters import list_dead_letters
+    from inferq.producer import InferenceClient
+    from inferq.producer.deadletters import list_dead_letters
 
     with InferenceClient(get_settings()) as client:
         letters = list_dead_letters(client.engine, limit)
@@ -51,8 +51,8 @@ def replay_cmd(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Publish dead-lettered batches again once their cause is fixed (same job ids)."""
-    from producer import InferenceClient
-    from producer.deadletters import replay
+    from inferq.producer import InferenceClient
+    from inferq.producer.deadletters import replay
 
     if bool(batch_ids) == replay_all:
         console.print("[bold red]error:[/] give batch ids or --all (not both)")

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from common.settings import get_settings
+from inferq.common.settings import get_settings
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -24,7 +24,7 @@ def flower(
     ),
 ) -> None:
     """Start Flower for the inferq workers; basic auth from INFERQ_FLOWER_BASIC_AUTH."""
-    from ops.flower import flower_command
+    from inferq.ops.flower import flower_command
 
     argv, env = flower_command(
         get_settings(), port=port, address=address, insecure_no_auth=insecure_no_auth
@@ -47,7 +47,7 @@ def metrics(
     ),
 ) -> None:
     """Serve Prometheus metrics: queue depth and age, rows/s, batch sizes, latency, errors."""
-    from ops.metrics import serve
+    from inferq.ops.metrics import serve
 
     server, _ = serve(get_settings(), port=port, address=address,
                       settle_seconds=settle_seconds, max_rows=max_rows)  # fmt: skip
@@ -74,10 +74,10 @@ def scale(
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """Worker processes needed to drain the queues within --target-seconds, with the inputs."""
-    from common.celery import create_celery
-    from common.db import make_engine
-    from ops.metrics import BrokerProbe
-    from ops.scale import build_loads, current_processes, measure_throughput, plan_processes
+    from inferq.common.celery import create_celery
+    from inferq.common.db import make_engine
+    from inferq.ops.metrics import BrokerProbe
+    from inferq.ops.scale import build_loads, current_processes, measure_throughput, plan_processes
 
     settings = get_settings()
     probe = BrokerProbe(settings)

@@ -26,8 +26,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from common.errors import TransientError
-from common.settings import get_settings
+from inferq.common.errors import TransientError
+from inferq.common.settings import get_settings
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -79,8 +79,8 @@ def score(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary, no progress bar."),
 ) -> None:
     """Score a CSV/Parquet file or a SQL query in bulk; results land in `predictions`."""
-    from producer import InferenceClient
-    from producer.sources import open_source
+    from inferq.producer import InferenceClient
+    from inferq.producer.sources import open_source
 
     settings = get_settings()
     client = InferenceClient(settings)
@@ -108,7 +108,7 @@ def _run(
     as_json: bool,
 ) -> tuple[int, Any, list[tuple[str, int]]]:  # fmt: skip
     """Prepare, enqueue and (optionally) wait; returns (exit code, progress, error breakdown)."""
-    from producer.bulk import BulkScorer, RunFailed
+    from inferq.producer.bulk import BulkScorer, RunFailed
 
     scorer = BulkScorer(client)
     run = scorer.prepare(
@@ -180,8 +180,8 @@ def runs(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List recent bulk runs, or show one (counts, rate, duration, errors by message)."""
-    from producer import InferenceClient
-    from producer.bulk import BulkScorer
+    from inferq.producer import InferenceClient
+    from inferq.producer.bulk import BulkScorer
 
     with InferenceClient(get_settings()) as client:
         scorer = BulkScorer(client)

@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from common.settings import Settings
+from inferq.common.settings import Settings
 from inferq.procs import stop_worker
 
 MODEL_NAME = "breast-cancer"
@@ -60,10 +60,10 @@ def run_demo(
     """Train -> register -> start worker -> submit ``rows`` rows -> wait -> summarise."""
     import numpy as np
 
-    import migrations
-    from common.db import make_engine
-    from models import registry
-    from producer import InferenceClient
+    from inferq import migrations
+    from inferq.common.db import make_engine
+    from inferq.models import registry
+    from inferq.producer import InferenceClient
 
     console = Console(quiet=quiet)
     settings.home_dir.mkdir(parents=True, exist_ok=True)

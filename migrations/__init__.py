@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from alembic.config import Config
-
-    from common.settings import Settings
+    from inferq.common.settings import Settings
 
 SCRIPT_LOCATION = Path(__file__).resolve().parent
 
@@ -37,8 +36,7 @@ def upgrade(settings: Settings, revision: str = "head") -> None:
 def current_revision(settings: Settings) -> str | None:
     """The revision the database is at, or None for an empty database."""
     from alembic.runtime.migration import MigrationContext
-
-    from common.db import make_engine
+    from inferq.common.db import make_engine
 
     engine = make_engine(settings)
     try:

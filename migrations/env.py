@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from alembic import context
+from inferq.common.db import make_engine
+from inferq.common.schema import metadata
+from inferq.common.settings import get_settings
 from sqlalchemy import pool
-
-from common.db import make_engine
-from common.schema import metadata
-from common.settings import get_settings
 
 config = context.config
 target_metadata = metadata

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.errors import ArtifactMismatch, NotAnEstimator
+from inferq.common.errors import ArtifactMismatch, NotAnEstimator
 
 
 def sha256_file(path: Path) -> str:

@@ -13,12 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from inferq.common.contract import check_name
+from inferq.common.errors import ModelNotFound
+from inferq.common.schema import model_aliases, model_versions
 from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
-
-from common.contract import check_name
-from common.errors import ModelNotFound
-from common.schema import model_aliases, model_versions
 
 DEFAULT_ALIAS = "production"
 
@@ -182,8 +181,7 @@ def register(
 ) -> ModelVersion:
     """Register a joblib file of a fitted estimator as the next version of ``name``."""
     import sklearn
-
-    from models.artifacts import read_artifact, sha256_file
+    from inferq.models.artifacts import read_artifact, sha256_file
 
     check_name(name)
     if alias is not None:
@@ -234,6 +232,6 @@ def register(
 
 def load(model_store: Path, mv: ModelVersion) -> Any:
     """Load a registered version's estimator, verifying sha256 and scikit-learn version first."""
-    from models.artifacts import load_verified
+    from inferq.models.artifacts import load_verified
 
     return load_verified(model_store / mv.artifact, mv.sha256, mv.sklearn_version)

@@ -2,7 +2,7 @@
 
 The password never goes on the command line (``ps`` shows argv): it reaches Flower through
 ``FLOWER_BASIC_AUTH``, which Flower reads like its ``--basic-auth`` option. Flower runs in a
-child process (``python -m ops.flower``) that first widens Flower's queue list, see
+child process (``python -m inferq.ops.flower``) that first widens Flower's queue list, see
 :func:`queue_names`.
 """
 
@@ -14,13 +14,13 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from common.errors import InferqError
-from common.settings import Settings
+from inferq.common.errors import InferqError
+from inferq.common.settings import Settings
 
 log = logging.getLogger("inferq.flower")
 
 #: The Celery app Flower monitors (the same one the workers run).
-CELERY_APP = "workers.app"
+CELERY_APP = "inferq.workers.app"
 
 
 class FlowerAuthMissing(InferqError):
@@ -55,7 +55,7 @@ def flower_command(
     else:
         raise FlowerAuthMissing()
     argv = [
-        sys.executable, "-m", "ops.flower", "-A", CELERY_APP, "flower",
+        sys.executable, "-m", "inferq.ops.flower", "-A", CELERY_APP, "flower",
         f"--address={address}", f"--port={port}",
         # Persisting state or purging workers is not ours to decide; keep Flower's defaults.
     ]  # fmt: skip
@@ -96,7 +96,7 @@ def _patch_flower_queue_names() -> None:
 
 
 def main() -> None:
-    """``python -m ops.flower -A workers.app flower ...``: Celery's CLI with the patch applied."""
+    """``python -m inferq.ops.flower -A inferq.workers.app flower ...``: Celery with the patch."""
     from celery.bin.celery import main as celery_main
 
     _patch_flower_queue_names()

@@ -21,14 +21,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from inferq.common.inflight import PRIORITY_STEPS, SENT_HEADER, queue_keys
+from inferq.common.schema import model_versions, prediction_batches
+from inferq.common.settings import Settings
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, and_, or_, select
-
-from common.inflight import PRIORITY_STEPS, SENT_HEADER, queue_keys
-from common.schema import model_versions, prediction_batches
-from common.settings import Settings
 
 log = logging.getLogger("inferq.metrics")
 
@@ -283,9 +282,8 @@ def serve(
     settle_seconds: float = 10.0, max_rows: int = 10_000,
 ) -> tuple[Any, InferqCollector]:  # fmt: skip
     """Start the exporter's HTTP server in a thread; returns (server, collector)."""
+    from inferq.common.db import make_engine
     from prometheus_client import start_http_server
-
-    from common.db import make_engine
 
     probe = None if settings.embedded_broker else BrokerProbe(settings)
     collector = InferqCollector(settings, make_engine(settings), probe,

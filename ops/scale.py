@@ -13,10 +13,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from inferq.common.schema import model_versions, prediction_batches
+from inferq.common.settings import Settings
 from sqlalchemy import Engine, case, func, select
-
-from common.schema import model_versions, prediction_batches
-from common.settings import Settings
 
 
 @dataclass(frozen=True)

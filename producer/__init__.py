@@ -1,6 +1,6 @@
 """inferq producer: ``from producer import InferenceClient``. Must never import scikit-learn."""
 
-from producer.client import InferenceClient
-from producer.results import Result
+from inferq.producer.client import InferenceClient
+from inferq.producer.results import Result
 
 __all__ = ["InferenceClient", "Result"]

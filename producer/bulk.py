@@ -22,15 +22,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from inferq.common import contract
+from inferq.common.errors import InferqError, InvalidInput, MissingColumns
+from inferq.common.schema import prediction_batches, predictions, scoring_run_chunks, scoring_runs
+from inferq.models import registry
+from inferq.producer.client import InferenceClient
+from inferq.producer.encoding import to_matrix
+from inferq.producer.sources import Source
 from sqlalchemy import Engine, func, insert, select, update
-
-from common import contract
-from common.errors import InferqError, InvalidInput, MissingColumns
-from common.schema import prediction_batches, predictions, scoring_run_chunks, scoring_runs
-from models import registry
-from producer.client import InferenceClient
-from producer.encoding import to_matrix
-from producer.sources import Source
 
 #: A kombu publish batch (one Redis pipeline) ends at this many messages or rows; then the
 #: chunk ledger is updated and backpressure is checked.

@@ -14,17 +14,16 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
 
+from inferq.common import contract, inflight
+from inferq.common.celery import InferqCelery, create_celery, send_score
+from inferq.common.db import make_engine
+from inferq.common.errors import EnqueueError, InvalidInput, ResultsTimeout, TooManyRows
+from inferq.common.settings import Settings, get_settings
+from inferq.models import registry
+from inferq.producer.coalesce import Coalescer
+from inferq.producer.encoding import to_matrix
+from inferq.producer.results import Result, fetch_results
 from sqlalchemy import Engine
-
-from common import contract, inflight
-from common.celery import InferqCelery, create_celery, send_score
-from common.db import make_engine
-from common.errors import EnqueueError, InvalidInput, ResultsTimeout, TooManyRows
-from common.settings import Settings, get_settings
-from models import registry
-from producer.coalesce import Coalescer
-from producer.encoding import to_matrix
-from producer.results import Result, fetch_results
 
 
 class InferenceClient:

@@ -19,9 +19,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from common.contract import Batch
-from common.errors import EnqueueError
+from inferq.common.contract import Batch
+from inferq.common.errors import EnqueueError
 
 log = logging.getLogger("inferq.coalesce")
 

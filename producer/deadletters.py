@@ -14,11 +14,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import msgpack
+from inferq.common import contract
+from inferq.common.errors import ContractError
+from inferq.common.schema import dead_letters, prediction_batches
 from sqlalchemy import Engine, delete, select
-
-from common import contract
-from common.errors import ContractError
-from common.schema import dead_letters, prediction_batches
 
 
 @dataclass(frozen=True)

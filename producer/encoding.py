@@ -12,9 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-
-from common.contract import feature_label
-from common.errors import InvalidInput, MissingColumns
+from inferq.common.contract import feature_label
+from inferq.common.errors import InvalidInput, MissingColumns
 
 _NUMERIC_TYPES = frozenset(
     {int, float, bool, np.float64, np.float32, np.float16, np.int64, np.int32, np.int16,

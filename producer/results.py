@@ -8,9 +8,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from inferq.common.schema import predictions
 from sqlalchemy import Engine, select
-
-from common.schema import predictions
 
 _CHUNK = 5000
 

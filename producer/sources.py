@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pandas as pd
-
-from common.errors import InvalidInput
+from inferq.common.errors import InvalidInput
 
 
 class Source(Protocol):

@@ -84,12 +84,12 @@ async def _shoot(devtools_port: int, shots: list[tuple[str, Path]], token: str) 
 def main() -> None:
     """Run the scenario and write the screenshots."""
     import numpy as np
+    from inferq.common.settings import get_settings
+    from inferq.models import registry
+    from inferq.producer import InferenceClient
     from sklearn.linear_model import LogisticRegression
 
-    from common.settings import get_settings
     from inferq.procs import stop_worker
-    from models import registry
-    from producer import InferenceClient
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs")

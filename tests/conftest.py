@@ -15,8 +15,8 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
+from inferq.common.settings import Settings
 
-from common.settings import Settings
 from inferq.procs import stop_worker
 
 CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -95,7 +95,7 @@ def make_settings(tmp_path: Path, **kw: object) -> Settings:
 @pytest.fixture
 def sqlite_settings(tmp_path: Path) -> Settings:
     """Embedded-default settings (filesystem broker + SQLite), migrated."""
-    import migrations
+    from inferq import migrations
 
     settings = make_settings(tmp_path)
     migrations.upgrade(settings)
@@ -105,7 +105,7 @@ def sqlite_settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def pg_settings(tmp_path: Path, pg_url: str, redis_url: str) -> Settings:
     """Settings on the real Redis and a fresh, migrated Postgres database."""
-    import migrations
+    from inferq import migrations
 
     settings = make_settings(tmp_path, database_url=pg_url, broker_url=redis_url)
     migrations.upgrade(settings)
@@ -200,13 +200,13 @@ def regressor_model(models_dir: Path) -> ModelFile:
 
 # ----- real worker processes -------------------------------------------------------------
 class WorkerProcess:
-    """A real `celery -A workers.app worker` subprocess, stopped at teardown."""
+    """A real `celery -A inferq.workers.app worker` subprocess, stopped at teardown."""
 
     def __init__(self, settings: Settings, log: Path, concurrency: int = 2, name: str = "w"):
         self.log = log
         self.hostname = f"{name}-{uuid.uuid4().hex[:6]}@%h"
         cmd = [
-            sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+            sys.executable, "-m", "celery", "-A", "inferq.workers.app", "worker",
             f"--concurrency={concurrency}", "--pool=prefork", "--loglevel=INFO",
             f"--queues={settings.online_queue},{settings.bulk_queue}",
             f"--hostname={self.hostname}", "--without-gossip", "--without-mingle",

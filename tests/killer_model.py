@@ -23,9 +23,8 @@ class KillerModel(LogisticRegression):
 def register_killer(settings, folder, seed: int):
     """Fit and register a KillerModel as ``killer`` (production); returns (engine, x)."""
     import joblib
-
-    from common.db import make_engine
-    from models import registry
+    from inferq.common.db import make_engine
+    from inferq.models import registry
 
     x = np.random.default_rng(seed).normal(size=(200, 4))
     joblib.dump(KillerModel().fit(x, (x[:, 0] > 0).astype(int)), folder / "killer.joblib")

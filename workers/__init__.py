@@ -1,1 +1,1 @@
-"""inferq workers: ``celery -A workers.app worker`` (or ``inferq worker``)."""
+"""inferq workers: ``celery -A inferq.workers.app worker`` (or ``inferq worker``)."""

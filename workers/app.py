@@ -1,4 +1,4 @@
-"""The inferq Celery app for workers: ``celery -A workers.app worker`` or ``inferq worker``.
+"""The inferq Celery app for workers: ``celery -A inferq.workers.app worker`` or ``inferq worker``.
 
 Importing this module reads no settings and opens no connection; configuration is read
 when Celery first needs it, and models are loaded in ``worker_init`` (the parent, before
@@ -11,18 +11,17 @@ import logging
 from typing import Any
 
 from celery.signals import worker_init, worker_process_init, worker_ready
-
-from common.celery import create_celery
-from workers import runtime
-from workers.preload import WorkerRuntime, limit_threads
-from workers.reconcile import InflightReconciler
-from workers.requests import patch_kombu_close_after_collect
-from workers.watchdog import ConsumerWatchdog
+from inferq.common.celery import create_celery
+from inferq.workers import runtime
+from inferq.workers.preload import WorkerRuntime, limit_threads
+from inferq.workers.reconcile import InflightReconciler
+from inferq.workers.requests import patch_kombu_close_after_collect
+from inferq.workers.watchdog import ConsumerWatchdog
 
 log = logging.getLogger("inferq.worker")
 
 app = create_celery()
-import workers.tasks  # noqa: E402,F401  (registers the task on this app)
+import inferq.workers.tasks  # noqa: E402,F401  (registers the task on this app)
 
 app.steps["worker"].add(InflightReconciler)
 patch_kombu_close_after_collect()

@@ -41,16 +41,15 @@ from typing import Any
 from billiard.einfo import ExceptionInfo
 from celery.utils.saferepr import saferepr
 from celery.worker.strategy import default as default_strategy
-
-from common import contract
-from common.errors import ContractError
-from common.settings import Settings
-from workers import runtime
-from workers.merge import merge_batches, split_scored
-from workers.requests import channel_gone
-from workers.results import write_group
-from workers.steps import free_process
-from workers.tasks import score_message, summarize, worker_name
+from inferq.common import contract
+from inferq.common.errors import ContractError
+from inferq.common.settings import Settings
+from inferq.workers import runtime
+from inferq.workers.merge import merge_batches, split_scored
+from inferq.workers.requests import channel_gone
+from inferq.workers.results import write_group
+from inferq.workers.steps import free_process
+from inferq.workers.tasks import score_message, summarize, worker_name
 
 log = logging.getLogger("inferq.worker")
 

@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from common import inflight
+from inferq.common import inflight
 
 log = logging.getLogger("inferq.worker")
 _TTL = 24 * 3600

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from common.contract import Batch, feature_label
+from inferq.common.contract import Batch, feature_label
 
 #: Final estimators whose predict() is classes_[argmax(predict_proba)] by definition (trees,
 #: forests) or through a monotone link (logistic regression); for these the label is taken

@@ -8,9 +8,8 @@ shared model time (`predict_ms` is the merged call's time for each message).
 from __future__ import annotations
 
 import numpy as np
-
-from common.contract import Batch, new_id
-from workers.inference import ScoredBatch
+from inferq.common.contract import Batch, new_id
+from inferq.workers.inference import ScoredBatch
 
 
 def merge_batches(pieces: list[Batch]) -> Batch:

@@ -15,13 +15,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from inferq.common.db import make_engine
+from inferq.common.settings import Settings
+from inferq.models import registry
+from inferq.workers.deliveries import DeliveryCounter
+from inferq.workers.inference import ModelInfo
 from sqlalchemy import Engine
-
-from common.db import make_engine
-from common.settings import Settings
-from models import registry
-from workers.deliveries import DeliveryCounter
-from workers.inference import ModelInfo
 
 log = logging.getLogger("inferq.worker")
 

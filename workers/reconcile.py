@@ -10,10 +10,10 @@ import logging
 import time
 from typing import Any, ClassVar
 
-from common import inflight
-from common.celery import send_score
-from common.settings import Settings
-from workers.steps import RedisTimerStep
+from inferq.common import inflight
+from inferq.common.celery import send_score
+from inferq.common.settings import Settings
+from inferq.workers.steps import RedisTimerStep
 
 log = logging.getLogger("inferq.worker")
 

@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from inferq.common.schema import dead_letters, prediction_batches, predictions
+from inferq.workers.inference import ScoredBatch
 from sqlalchemy import Connection, Engine, insert, update
-
-from common.schema import dead_letters, prediction_batches, predictions
-from workers.inference import ScoredBatch
 
 COLUMNS = (
     "job_id", "run_id", "key", "model_name", "model_version", "status", "label", "score",

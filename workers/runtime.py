@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.preload import WorkerRuntime
+from inferq.workers.preload import WorkerRuntime
 
 _runtime: WorkerRuntime | None = None
 
@@ -22,7 +22,7 @@ def get() -> WorkerRuntime:
 
         settings = getattr(current_app, "inferq_settings", None)
         if settings is None:
-            from common.settings import get_settings
+            from inferq.common.settings import get_settings
 
             settings = get_settings()
         _runtime = WorkerRuntime(settings)

@@ -10,6 +10,11 @@ from typing import Any
 import numpy as np
 from celery import shared_task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
+from inferq.common import contract
+from inferq.common.errors import ContractError, TransientError
+from inferq.workers import runtime
+from inferq.workers.inference import ScoredBatch, error_batch, score_batch
+from inferq.workers.results import write_dead_letter, write_results
 from sqlalchemy.exc import DBAPIError, OperationalError
 from tenacity import (
     Retrying,
@@ -17,12 +22,6 @@ from tenacity import (
     stop_before_delay,
     wait_exponential,
 )
-
-from common import contract
-from common.errors import ContractError, TransientError
-from workers import runtime
-from workers.inference import ScoredBatch, error_batch, score_batch
-from workers.results import write_dead_letter, write_results
 
 log = logging.getLogger("inferq.worker")
 
@@ -113,8 +112,8 @@ def _malformed(payload: dict[str, Any], exc: ContractError) -> ScoredBatch:
     name=contract.SCORE_BATCH,
     max_retries=None,
     # Online messages go through the dynamic batcher (workers/batching.py).
-    Strategy="workers.batching:strategy",
-    Request="workers.requests:SafeRequest",
+    Strategy="inferq.workers.batching:strategy",
+    Request="inferq.workers.requests:SafeRequest",
 )
 def score_batch_task(self: Any, **payload: Any) -> dict[str, Any]:
     """Score one batch message and commit its result rows; acked only after the commit."""

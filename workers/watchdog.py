@@ -16,10 +16,9 @@ import time
 from typing import Any, ClassVar
 
 from celery.signals import task_received
-
-from common import inflight
-from common.settings import Settings
-from workers.steps import RedisTimerStep, free_process
+from inferq.common import inflight
+from inferq.common.settings import Settings
+from inferq.workers.steps import RedisTimerStep, free_process
 
 log = logging.getLogger("inferq.worker")
 _last_received = [time.monotonic()]

@@ -22,15 +22,21 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+from inferq.common import contract
+from inferq.common.db import make_engine
+from inferq.common.errors import (
+    InvalidInput,
+    InvalidName,
+    MissingColumns,
+    ModelNotFound,
+    TooManyRows,
+)
+from inferq.common.settings import Settings
+from inferq.models import registry
+from inferq.producer import InferenceClient, Result
 from sqlalchemy import Engine
 
-import migrations
-from common import contract
-from common.db import make_engine
-from common.errors import InvalidInput, InvalidName, MissingColumns, ModelNotFound, TooManyRows
-from common.settings import Settings
-from models import registry
-from producer import InferenceClient, Result
+from inferq import migrations
 from tests.conftest import WorkerProcess, make_settings, settings_env
 from tests.integration.checker import check
 from tests.integration.instances import ThrowawayRedis, throwaway_postgres, throwaway_redis

@@ -6,11 +6,10 @@ import time
 
 import numpy as np
 import pytest
+from inferq.common.db import make_engine
+from inferq.models import registry
+from inferq.producer import InferenceClient
 from kombu import Connection, Exchange, Producer
-
-from common.db import make_engine
-from models import registry
-from producer import InferenceClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -70,10 +69,10 @@ def test_unwritable_results_are_retried_then_dead_lettered_and_replayed(
     import subprocess
     import sys
 
+    from inferq.common import contract
+    from inferq.common.celery import create_celery
     from sqlalchemy import text
 
-    from common import contract
-    from common.celery import create_celery
     from tests.conftest import settings_env
     from tests.integration.checker import wait_until_clean
 

@@ -9,12 +9,12 @@ import threading
 import joblib
 import numpy as np
 import pytest
+from inferq.common.db import make_engine
+from inferq.common.settings import Settings
+from inferq.models import registry
+from inferq.producer import InferenceClient
 from sqlalchemy import text
 
-from common.db import make_engine
-from common.settings import Settings
-from models import registry
-from producer import InferenceClient
 from tests.integration.checker import wait_until_clean
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]

@@ -1,4 +1,4 @@
-"""`python -m bench` keeps working (tiny sizes; the real figures come from full runs)."""
+"""`python -m inferq.bench` keeps working (tiny sizes; the real figures come from full runs)."""
 
 import subprocess
 import sys
@@ -14,7 +14,7 @@ def test_bench_runs_and_writes_its_table(tmp_path, pg_admin, redis_url):
     out_file = tmp_path / "BENCH.md"
     out_file.write_text("# notes kept\n\n<!-- bench:start -->\nold\n<!-- bench:end -->\ntail\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--rows", "4000", "--forest-rows", "2000",
+        [sys.executable, "-m", "inferq.bench", "--quick", "--rows", "4000", "--forest-rows", "2000",
          "--naive-rows", "60", "--online-rate", "20", "--online-seconds", "2",
          "--skip", "memory,scale", "--output", str(out_file)],
         cwd=REPO, capture_output=True, text=True, timeout=600,

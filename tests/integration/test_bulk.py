@@ -15,11 +15,11 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+from inferq.common.db import make_engine
+from inferq.common.schema import prediction_batches, predictions, scoring_run_chunks, scoring_runs
+from inferq.models import registry
 from sqlalchemy import func, select, text
 
-from common.db import make_engine
-from common.schema import prediction_batches, predictions, scoring_run_chunks, scoring_runs
-from models import registry
 from tests.conftest import REPO, settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -167,10 +167,10 @@ def test_sql_source_run(pg_settings, bulk_data, start_worker):
 PRODUCER_THAT_CRASHES = textwrap.dedent(
     """
     import os, signal
-    from common.settings import get_settings
-    from producer import InferenceClient
-    from producer.bulk import BulkScorer
-    from producer.sources import CsvSource
+    from inferq.common.settings import get_settings
+    from inferq.producer import InferenceClient
+    from inferq.producer.bulk import BulkScorer
+    from inferq.producer.sources import CsvSource
 
     scorer = BulkScorer(InferenceClient(get_settings()))
     run = scorer.prepare(CsvSource({path!r}), "cheap", "customer_id", run_id="crashy",
@@ -280,7 +280,7 @@ def test_bad_inputs_stop_before_anything_is_enqueued(pg_settings, bulk_data, tmp
 
 
 def test_online_job_overtakes_a_bulk_flood(pg_settings, bulk_data, start_worker):
-    from producer import InferenceClient
+    from inferq.producer import InferenceClient
 
     _register(pg_settings, bulk_data["folder"] / "cheap.joblib")
     code, summary, err = score_cli(pg_settings, "-m", "cheap", "-i",

@@ -5,9 +5,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from inferq.models import registry
+from inferq.producer import InferenceClient
 
-from models import registry
-from producer import InferenceClient
 from tests.integration.checker import committed_batches, wait_until_clean
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]

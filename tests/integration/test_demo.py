@@ -57,10 +57,9 @@ def test_demo_on_a_bare_environment(tmp_path):
 
 @pytest.mark.integration
 def test_demo_runs_on_redis_and_postgres_when_configured(pg_settings, tmp_path):
+    from inferq.common.db import make_engine
+    from inferq.common.schema import predictions
     from sqlalchemy import func, select
-
-    from common.db import make_engine
-    from common.schema import predictions
 
     summary = _run_demo(settings_env(pg_settings), tmp_path, rows=1500)
     _check(summary, 1500)

@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
+from inferq.common import contract
+from inferq.common.schema import predictions
+from inferq.models import registry
+from inferq.producer import InferenceClient
 from sqlalchemy import func, select
 
-from common import contract
-from common.schema import predictions
-from models import registry
-from producer import InferenceClient
 from tests.integration.checker import wait_for_batches
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]

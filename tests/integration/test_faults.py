@@ -8,11 +8,11 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from inferq.common import inflight
+from inferq.common.db import make_engine
+from inferq.models import registry
+from inferq.producer import InferenceClient
 
-from common import inflight
-from common.db import make_engine
-from models import registry
-from producer import InferenceClient
 from tests.integration.checker import committed_batches as _committed
 from tests.integration.checker import wait_for_batches as _wait_for_batches
 from tests.integration.checker import wait_until_clean
@@ -56,8 +56,8 @@ def test_sigkill_of_the_whole_worker_mid_run_loses_nothing(
     (BRPOP) but not yet recorded as unacked when the main process died comes back through
     the in-flight ledger (common/inflight.py). No resume, no operator action.
     """
-    from producer.bulk import BulkScorer, job_ids_for
-    from producer.sources import ParquetSource
+    from inferq.producer.bulk import BulkScorer, job_ids_for
+    from inferq.producer.sources import ParquetSource
 
     settings = fast_recovery
     engine = _register_cancer(settings, binary_model)

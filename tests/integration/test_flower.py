@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from inferq.common import contract
+from inferq.models import registry
+from inferq.producer import InferenceClient
 
-from common import contract
-from models import registry
-from producer import InferenceClient
 from tests.conftest import settings_env
 from tests.integration.ops_helpers import free_port, http_get, start_cli, wait_for
 

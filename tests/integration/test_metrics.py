@@ -9,10 +9,10 @@ import time
 
 import numpy as np
 import pytest
+from inferq.models import registry
+from inferq.producer import InferenceClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from models import registry
-from producer import InferenceClient
 from tests.conftest import REPO, settings_env
 from tests.integration.ops_helpers import free_port, http_get, start_cli, wait_for
 

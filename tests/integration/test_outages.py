@@ -15,13 +15,13 @@ import uuid
 import numpy as np
 import pandas as pd
 import pytest
+from inferq.common.db import make_engine
+from inferq.common.errors import EnqueueError
+from inferq.models import registry
+from inferq.producer import InferenceClient
 from sqlalchemy import text
 
-import migrations
-from common.db import make_engine
-from common.errors import EnqueueError
-from models import registry
-from producer import InferenceClient
+from inferq import migrations
 from tests.conftest import make_settings
 from tests.integration.checker import check, committed_batches, wait_for_batches, wait_until_clean
 from tests.integration.instances import (

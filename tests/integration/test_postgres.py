@@ -5,14 +5,14 @@ import threading
 import numpy as np
 import pytest
 from alembic import command
+from inferq.common.contract import Batch
+from inferq.common.db import make_engine
+from inferq.common.schema import prediction_batches, predictions
+from inferq.workers.inference import ScoredBatch, error_batch
+from inferq.workers.results import write_results
 from sqlalchemy import func, inspect, select, text
 
-import migrations
-from common.contract import Batch
-from common.db import make_engine
-from common.schema import prediction_batches, predictions
-from workers.inference import ScoredBatch, error_batch
-from workers.results import write_results
+from inferq import migrations
 
 pytestmark = pytest.mark.integration
 
@@ -159,7 +159,7 @@ def test_copy_round_trips_every_special_character_through_postgres(pg_settings):
 
 
 def test_group_write_is_one_transaction_and_falls_back_per_message_on_a_redelivery(pg_settings):
-    from workers.results import write_group
+    from inferq.workers.results import write_group
 
     engine = make_engine(pg_settings)
     a, b, c = _scored(["a1", "a2"]), _scored(["b1"]), _scored(["c1", "c2", "c3"])

@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 import redis
+from inferq.common.db import make_engine
+from inferq.models import registry
+from inferq.producer import InferenceClient
 
-from common.db import make_engine
-from models import registry
-from producer import InferenceClient
 from tests.conftest import REPO, settings_env
 from tests.integration.instances import free_port
 
@@ -80,8 +80,8 @@ def test_jobs_flow_over_tls_with_a_password_and_bad_credentials_are_refused(
     # without ssl_ca_certs (see RELIABILITY.md, known limits).
     script = (
         "import numpy as np, sys\n"
-        "from common.errors import EnqueueError\n"
-        "from producer import InferenceClient\n"
+        "from inferq.common.errors import EnqueueError\n"
+        "from inferq.producer import InferenceClient\n"
         "try:\n"
         f"    InferenceClient.from_env().submit('cancer', np.zeros((2, {x.shape[1]})))\n"
         "except EnqueueError as exc:\n"

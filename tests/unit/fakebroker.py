@@ -10,12 +10,11 @@ from typing import Any
 import fakeredis
 import msgpack
 import pytest
+from inferq.common.db import make_engine
+from inferq.common.settings import Settings
+from inferq.models import registry
+from inferq.producer import InferenceClient
 from kombu.transport import redis as kombu_redis
-
-from common.db import make_engine
-from common.settings import Settings
-from models import registry
-from producer import InferenceClient
 
 
 def fake_client(

@@ -5,11 +5,12 @@ import sys
 
 CHECK = """
 import sys
-import producer
-from producer import InferenceClient
-import common.celery, common.contract, common.schema, models.registry
-import producer.bulk, producer.sources, producer.encoding
-heavy = sorted(m for m in ("sklearn", "joblib", "scipy", "workers") if m in sys.modules)
+import inferq
+from inferq import InferenceClient
+import inferq.common.celery, inferq.common.contract, inferq.common.schema
+import inferq.models.registry
+import inferq.producer.bulk, inferq.producer.sources, inferq.producer.encoding
+heavy = sorted(m for m in ("sklearn", "joblib", "scipy", "inferq.workers") if m in sys.modules)
 assert not heavy, f"producer imported {heavy}"
 print("clean")
 """
@@ -26,8 +27,8 @@ def test_importing_worker_app_reads_no_settings_and_opens_nothing():
 import os
 os.environ["INFERQ_BATCH_SIZE"] = "not-a-number"   # would fail if settings were read
 os.environ["INFERQ_BROKER_URL"] = "redis://127.0.0.1:1/0"   # nothing listens there
-import workers.app
-print("lazy" if workers.app.app._inferq_settings is None else "eager")
+import inferq.workers.app
+print("lazy" if inferq.workers.app.app._inferq_settings is None else "eager")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr

@@ -5,11 +5,10 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pytest
-
-from common.errors import InvalidInput, MissingColumns
-from models.registry import ModelVersion
-from producer.bulk import BulkScorer, job_id_for, job_ids_for, rechunk, run_token
-from producer.sources import CsvSource, open_source
+from inferq.common.errors import InvalidInput, MissingColumns
+from inferq.models.registry import ModelVersion
+from inferq.producer.bulk import BulkScorer, job_id_for, job_ids_for, rechunk, run_token
+from inferq.producer.sources import CsvSource, open_source
 
 
 def _frames(sizes):
@@ -78,8 +77,7 @@ def test_source_selection_errors():
 def test_parquet_reading_memory_does_not_grow_with_the_file(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from producer.sources import ParquetSource
+    from inferq.producer.sources import ParquetSource
 
     path = tmp_path / "many-groups.parquet"
     rng = np.random.default_rng(0)

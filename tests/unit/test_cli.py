@@ -48,7 +48,7 @@ def test_promote_unknown_version_is_a_clear_error(sqlite_settings):
 
 
 def test_db_current_reports_head(sqlite_settings):
-    import migrations
+    from inferq import migrations
 
     head = migrations.head_revision(sqlite_settings)
     out = run(sqlite_settings, "db", "current", "--json")

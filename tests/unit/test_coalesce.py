@@ -7,12 +7,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from inferq.common import inflight
+from inferq.common.contract import Batch
+from inferq.common.errors import EnqueueError
+from inferq.models import registry
+from inferq.producer import InferenceClient, coalesce
 
-from common import inflight
-from common.contract import Batch
-from common.errors import EnqueueError
-from models import registry
-from producer import InferenceClient, coalesce
 from tests.unit.fakebroker import fake_client, payloads
 
 THREADS, PER_THREAD = 16, 50
@@ -158,7 +158,7 @@ def test_broker_failure_fails_each_caller_with_its_own_jobs(make, monkeypatch):
     def refuse(*_a, **_k):
         raise ConnectionError("broker went away")
 
-    monkeypatch.setattr("producer.client.send_score", refuse)
+    monkeypatch.setattr("inferq.producer.client.send_score", refuse)
     futures = [client.submit_async("reg", np.zeros((n, 10))) for n in (1, 2, 3)]
     for n, future in zip((1, 2, 3), futures, strict=True):
         with pytest.raises(EnqueueError, match=f"could not enqueue {n} job") as info:
@@ -170,7 +170,7 @@ def test_broker_failure_fails_each_caller_with_its_own_jobs(make, monkeypatch):
 
 
 def test_a_split_submit_reports_which_of_its_messages_got_through(make, monkeypatch):
-    from common.celery import send_score
+    from inferq.common.celery import send_score
 
     client = make(linger_ms=20, batch_size=4)
     calls = []
@@ -181,7 +181,7 @@ def test_a_split_submit_reports_which_of_its_messages_got_through(make, monkeypa
             raise ConnectionError("blip")
         send_score(*a, **k)
 
-    monkeypatch.setattr("producer.client.send_score", second_fails)
+    monkeypatch.setattr("inferq.producer.client.send_score", second_fails)
     future = client.submit_async("reg", np.zeros((10, 10)))  # messages of 4, 4 and 2 rows
     with pytest.raises(EnqueueError, match="could not enqueue 4 job") as info:
         future.result(timeout=10)
@@ -252,7 +252,7 @@ def test_lazy_resources_are_created_once_under_concurrency(sqlite_settings, monk
         time.sleep(0.05)
         return object()
 
-    monkeypatch.setattr("producer.client.make_engine", slow_engine)
+    monkeypatch.setattr("inferq.producer.client.make_engine", slow_engine)
     client = InferenceClient(sqlite_settings)
     with ThreadPoolExecutor(8) as pool:
         engines = list(pool.map(lambda _: client.engine, range(8)))

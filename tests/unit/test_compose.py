@@ -63,7 +63,7 @@ def test_every_inferq_command_in_compose_exists():
         if cmd[0] == "inferq":
             sub = list(takewhile(lambda a: not a.startswith("-"), cmd[1:]))
             argv = [sys.executable, "-m", "inferq", *sub, "--help"]
-        else:  # celery -A workers.app <sub>
+        else:  # celery -A inferq.workers.app <sub>
             argv = [sys.executable, "-m", "celery", *cmd[1:4], "--help"]
         out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
         assert out.returncode == 0, f"{name}: {shlex.join(argv)} failed:\n{out.stderr[-2000:]}"

@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
+from inferq.common import contract
+from inferq.common.errors import ContractError, InvalidName
 from kombu.serialization import dumps, loads
-
-from common import contract
-from common.errors import ContractError, InvalidName
 
 
 def _batch(n=3, w=4, **kw):

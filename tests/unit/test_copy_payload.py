@@ -5,10 +5,9 @@ import json
 import re
 
 import numpy as np
-
-from common.contract import Batch
-from workers.inference import ScoredBatch
-from workers.results import COLUMNS, copy_payload
+from inferq.common.contract import Batch
+from inferq.workers.inference import ScoredBatch
+from inferq.workers.results import COLUMNS, copy_payload
 
 _UNESCAPE = {"\\\\": "\\", "\\t": "\t", "\\n": "\n", "\\r": "\r"}
 

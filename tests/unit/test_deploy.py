@@ -5,8 +5,7 @@ import sys
 from pathlib import Path
 
 import yaml
-
-from common.settings import Settings
+from inferq.common.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -3,9 +3,8 @@
 import numpy as np
 import pandas as pd
 import pytest
-
-from common.errors import InvalidInput, MissingColumns
-from producer.encoding import to_matrix
+from inferq.common.errors import InvalidInput, MissingColumns
+from inferq.producer.encoding import to_matrix
 
 NAMES = ["a", "b", "c"]
 

@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
-
-from common.contract import Batch
-from models.artifacts import inspect_estimator
-from workers.inference import ModelInfo, error_batch, score_batch, validate
+from inferq.common.contract import Batch
+from inferq.models.artifacts import inspect_estimator
+from inferq.workers.inference import ModelInfo, error_batch, score_batch, validate
 
 
 def info_for(model, name="m", version=1) -> ModelInfo:
@@ -116,12 +115,11 @@ def test_argmax_shortcut_equals_predict_for_logistic_regression(n_classes):
 
 def test_named_pipelines_get_arrays_unless_a_step_selects_columns(binary_model):
     import pandas as pd
+    from inferq.workers.inference import accepts_array
     from sklearn.compose import ColumnTransformer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-
-    from workers.inference import accepts_array
 
     assert accepts_array(binary_model.model)  # scaler + logistic regression: positional
     frame = binary_model.x
@@ -188,10 +186,9 @@ def test_reraise_lets_time_limits_escape(multiclass_model):
 
 
 def test_multi_output_regressors_are_refused_at_registration():
+    from inferq.common.errors import NotAnEstimator
     from sklearn.ensemble import RandomForestRegressor
     from sklearn.linear_model import LinearRegression
-
-    from common.errors import NotAnEstimator
 
     x = np.random.default_rng(0).normal(size=(50, 3))
     y2 = np.c_[x[:, 0], x[:, 1]]

@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
+from inferq.common.contract import Batch
+from inferq.models.artifacts import inspect_estimator
+from inferq.workers.inference import ModelInfo, score_batch
+from inferq.workers.merge import merge_batches, split_scored
 from sklearn.linear_model import LogisticRegression
-
-from common.contract import Batch
-from models.artifacts import inspect_estimator
-from workers.inference import ModelInfo, score_batch
-from workers.merge import merge_batches, split_scored
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
+from inferq.common.settings import Settings
+from inferq.ops.flower import FlowerAuthMissing, flower_command, queue_names
+from inferq.ops.scale import QueueLoad, Throughput, build_loads, plan_processes
 from pydantic import ValidationError
-
-from common.settings import Settings
-from ops.flower import FlowerAuthMissing, flower_command, queue_names
-from ops.scale import QueueLoad, Throughput, build_loads, plan_processes
 
 
 def _load(queue="bulk", messages=0, per=None, default=10_000, rate=None):
@@ -80,7 +79,7 @@ def test_build_loads_maps_ledger_measurements_to_queues():
 def test_flower_command_keeps_the_password_off_the_command_line():
     s = Settings(flower_basic_auth="ops:pa ss:w0rd")
     argv, env = flower_command(s, port=5600, base_env={"FLOWER_UNAUTHENTICATED_API": "true"})
-    assert argv[1:] == ["-m", "ops.flower", "-A", "workers.app", "flower",
+    assert argv[1:] == ["-m", "inferq.ops.flower", "-A", "inferq.workers.app", "flower",
                         "--address=127.0.0.1", "--port=5600"]  # fmt: skip
     assert env["FLOWER_BASIC_AUTH"] == "ops:pa ss:w0rd"
     assert "FLOWER_UNAUTHENTICATED_API" not in env  # an inherited opt-out cannot open the API

@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 import pytest
+from inferq.common.db import make_engine
+from inferq.common.errors import EnqueueError, InvalidInput, ModelNotFound, TooManyRows
+from inferq.models import registry
+from inferq.producer import InferenceClient
 
-from common.db import make_engine
-from common.errors import EnqueueError, InvalidInput, ModelNotFound, TooManyRows
-from models import registry
-from producer import InferenceClient
 from tests.unit.fakebroker import body, fake_client
 from tests.unit.fakebroker import messages as _messages
 
@@ -99,7 +99,7 @@ def test_alias_lookups_are_cached_for_the_configured_time(sqlite_settings, regre
 
 
 def test_every_sent_batch_is_recorded_in_the_inflight_ledger(client, regressor_model):
-    from common import inflight
+    from inferq.common import inflight
 
     client.submit("reg", np.asarray(regressor_model.x[:10]))
     msgs = _messages(client)
@@ -117,12 +117,12 @@ def test_every_sent_batch_is_recorded_in_the_inflight_ledger(client, regressor_m
 
 
 def test_a_failed_enqueue_leaves_nothing_to_resend(client, monkeypatch):
-    from common import inflight
+    from inferq.common import inflight
 
     def refuse(*_a, **_k):
         raise ConnectionError("broker went away")
 
-    monkeypatch.setattr("producer.client.send_score", refuse)
+    monkeypatch.setattr("inferq.producer.client.send_score", refuse)
     with pytest.raises(EnqueueError):
         client.submit("reg", np.zeros((6, 10)))
     assert client.fake.hlen(inflight.BODIES) == 0 and client.fake.zcard(inflight.INDEX) == 0
@@ -132,7 +132,7 @@ def test_a_failed_enqueue_leaves_nothing_to_resend(client, monkeypatch):
 def test_stale_records_are_resent_only_when_no_longer_queued(client):
     import time
 
-    from common import inflight
+    from inferq.common import inflight
 
     client.submit("reg", np.zeros((6, 10)))  # two messages, both still queued
     later = time.time() + 3600

@@ -2,12 +2,11 @@
 
 import joblib
 import pytest
+from inferq.common.db import make_engine
+from inferq.common.errors import ArtifactMismatch, ModelNotFound, NotAnEstimator
+from inferq.common.schema import model_versions
+from inferq.models import registry
 from sqlalchemy import update
-
-from common.db import make_engine
-from common.errors import ArtifactMismatch, ModelNotFound, NotAnEstimator
-from common.schema import model_versions
-from models import registry
 
 
 @pytest.fixture

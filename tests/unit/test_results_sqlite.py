@@ -1,13 +1,12 @@
 """Idempotent result writes on the embedded SQLite backend (same logic as Postgres)."""
 
 import numpy as np
+from inferq.common.contract import Batch
+from inferq.common.db import make_engine
+from inferq.common.schema import prediction_batches, predictions
+from inferq.workers.inference import error_batch
+from inferq.workers.results import write_results
 from sqlalchemy import func, select
-
-from common.contract import Batch
-from common.db import make_engine
-from common.schema import prediction_batches, predictions
-from workers.inference import error_batch
-from workers.results import write_results
 
 
 def test_redelivery_and_resubmission_never_duplicate(sqlite_settings):

@@ -1,10 +1,9 @@
 """Settings: env prefix, embedded defaults, URL normalisation, safety checks."""
 
 import pytest
+from inferq.common.celery import celery_config
+from inferq.common.settings import get_settings
 from pydantic import ValidationError
-
-from common.celery import celery_config
-from common.settings import get_settings
 
 
 def test_embedded_default_when_nothing_is_set(monkeypatch, tmp_path):

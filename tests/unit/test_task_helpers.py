@@ -5,14 +5,13 @@ import datetime as dt
 import numpy as np
 import psycopg
 import pytest
+from inferq.common import contract
+from inferq.common.errors import ContractError
+from inferq.producer.bulk import job_ids_for, run_token
+from inferq.workers.inference import error_batch
+from inferq.workers.results import copy_payload
+from inferq.workers.tasks import _transient
 from sqlalchemy.exc import OperationalError as SAOperationalError
-
-from common import contract
-from common.errors import ContractError
-from producer.bulk import job_ids_for, run_token
-from workers.inference import error_batch
-from workers.results import copy_payload
-from workers.tasks import _transient
 
 
 def test_connection_loss_and_deadlocks_are_transient_constraint_errors_are_not():
@@ -48,7 +47,7 @@ def test_payload_field_types_are_contract_errors(field, value):
 
 
 def test_watchdog_rule_needs_waiting_work_free_capacity_and_silence():
-    from workers.watchdog import stalled
+    from inferq.workers.watchdog import stalled
 
     assert stalled(waiting=5, free_process=True, idle_for=61, limit=60)
     assert not stalled(waiting=0, free_process=True, idle_for=600, limit=60)  # nothing to do

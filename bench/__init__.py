@@ -1,0 +1,1 @@
+"""`python -m inferq.bench`: the benchmark harness (results in BENCHMARKS.md)."""
