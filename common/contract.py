@@ -36,6 +36,17 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,199}$")
 MAX_KEY_LEN = 512
 
 
+#: Error rows that were not the data's fault: the worker's environment, a crash, a time limit
+#: or a bug (SQL LIKE patterns on `predictions.error`; messages of earlier versions included).
+#: `inferq score --rescore-errors` scores the chunks holding such rows again.
+RESCORABLE_ERRORS = (
+    "model % unavailable: %",  # before 0.2: a worker that could not load the model
+    "dead-lettered: %",  # its worker process died on it, or its rows could not be written
+    "scoring took longer than the time limit%",
+    "internal error while scoring%",
+)
+
+
 def check_name(value: str, kind: str = "model name") -> str:
     """Validate a model name or alias: letters, digits, '.', '_', '-', at most 128 chars."""
     if not isinstance(value, str) or not _NAME_RE.match(value):
@@ -87,6 +98,10 @@ class Batch:
     #: Worker-side only (never on the wire): each row's number in its caller's submission,
     #: for a batch merged from several messages (dynamic batching); else row_offset + i.
     row_numbers: list[int] | None = field(default=None, repr=False, compare=False)
+    #: Score again jobs that already have an *error* row: the new result replaces it (an ok
+    #: row is never replaced; still one row per job). Sent by `--rescore-errors`,
+    #: `submit(rescore_errors=True)` and dead-letter replays of answered batches.
+    rescore: bool = False
 
     @property
     def n_rows(self) -> int:
@@ -127,6 +142,7 @@ def encode_batch(batch: Batch) -> dict[str, Any]:
         "err_msgs": [batch.row_errors[i] for i in err_rows],
         "submitted_at": float(batch.submitted_at),
         "row_offset": int(batch.row_offset),
+        **({"rescore": True} if batch.rescore else {}),
     }
 
 
@@ -194,4 +210,5 @@ def decode_batch(payload: dict[str, Any]) -> Batch:
         run_id=run_id if isinstance(run_id, str) else None,
         submitted_at=float(submitted_at),
         row_offset=row_offset,
+        rescore=payload.get("rescore") is True,
     )

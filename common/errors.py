@@ -82,6 +82,18 @@ class ArtifactMismatch(InferqError):
         self.path, self.what, self.expected, self.found = path, what, expected, found
 
 
+class ModelUnavailable(InferqError):
+    """This worker cannot load a registered model for a reason of its own environment.
+
+    Not the data's fault and not final: the message is requeued (never answered with error
+    rows) until a worker that can load the model takes it.
+    """
+
+    def __init__(self, ref: str, reason: str, fix: str) -> None:
+        super().__init__(f"cannot serve {ref} on this worker: {reason}; {fix}")
+        self.ref, self.reason, self.fix = ref, reason, fix
+
+
 class ContractError(InvalidInput):
     """A queue message does not follow the inferq message contract."""
 
@@ -113,3 +125,44 @@ class ResultsTimeout(InferqError, TimeoutError):
             "(are workers running? see `inferq worker`)"
         )
         self.missing, self.total = missing, total
+
+
+class DatabaseError(InferqError):
+    """The results database refused or failed an operation (see the message for the fix)."""
+
+
+class SchemaNotReady(DatabaseError):
+    """The database has no inferq tables yet, or is at an older migration."""
+
+    def __init__(self, url: str, detail: str = "") -> None:
+        super().__init__(
+            f"the database at {url} has no inferq tables or is not up to date"
+            f"{' (' + detail + ')' if detail else ''}: run `inferq db upgrade`"
+        )
+        self.url = url
+
+
+class DatabaseUnavailable(DatabaseError, TransientError):
+    """The results database cannot be reached or refused the connection."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(
+            f"cannot reach the database at {url}: {reason} "
+            "(check INFERQ_DATABASE_URL and that the server is running)"
+        )
+        self.url, self.reason = url, reason
+
+
+class BrokerUnavailable(TransientError):
+    """The broker (Redis) cannot be reached or refused the connection."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(
+            f"cannot reach the broker at {url}: {reason} "
+            "(check INFERQ_BROKER_URL and that Redis is running)"
+        )
+        self.url, self.reason = url, reason
+
+
+class UnknownSettingWarning(UserWarning):
+    """An ``INFERQ_*`` environment variable is not a setting (a typo is otherwise ignored)."""

@@ -9,7 +9,13 @@ bare machine.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
+from inferq.common.settings_checks import (
+    check_broker_url,
+    check_database_url,
+    warn_unknown_variables,
+)
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -96,6 +102,19 @@ class Settings(BaseSettings):
     max_loaded_models: int = Field(
         default=8, ge=1, description="Per-process cache of models loaded on demand."
     )
+    park_claim_interval: float = Field(
+        default=2.0,
+        ge=0,
+        description="Seconds between a worker's looks at parked messages (jobs of a model "
+        "some worker could not load) to claim those it can serve; 0 = never claim.",
+    )
+    start_check: Literal["any", "all", "off"] = Field(
+        default="any",
+        description="At start the worker loads its preload set and checks every alias target; "
+        "it refuses to start (exit code 3) when it can serve none of them (any), when it "
+        "cannot serve one of them (all), or never (off). Jobs of a model it cannot serve are "
+        "requeued, never answered with error rows.",
+    )
     # Reliability knobs (see RELIABILITY.md). The visibility timeout must exceed the task
     # hard time limit, or Redis re-delivers a message that is still being worked on.
     visibility_timeout: int = Field(
@@ -159,6 +178,10 @@ class Settings(BaseSettings):
     poll_interval: float = Field(
         default=0.05, gt=0, description="Seconds between result polls in wait()."
     )
+    debug: bool = Field(
+        default=False,
+        description="CLI: print the traceback with a one-line error (same as `inferq --debug`).",
+    )
     flower_basic_auth: SecretStr | None = Field(
         default=None,
         description="Basic auth for `inferq flower`: user:password (several separated by "
@@ -170,6 +193,22 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         """Treat an empty variable (``INFERQ_BROKER_URL=``) as unset."""
         return None if value == "" else value
+
+    @field_validator("broker_url", mode="after")
+    @classmethod
+    def _broker_url_has_scheme(cls, value: str | None) -> str | None:
+        """Refuse broker URLs Celery would only fail on later (``localhost:6379``)."""
+        if value is not None:
+            check_broker_url(value)
+        return value
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _database_url_parses(cls, value: str | None) -> str | None:
+        """Refuse database URLs SQLAlchemy cannot parse or inferq cannot use."""
+        if value is not None:
+            check_database_url(value)
+        return value
 
     @field_validator("flower_basic_auth", mode="after")
     @classmethod
@@ -293,4 +332,6 @@ class Settings(BaseSettings):
 
 def get_settings(**overrides: object) -> Settings:
     """Build settings from the environment (plus explicit overrides); call at process start."""
+    # Before building: a misspelt variable may be why the settings below are refused.
+    warn_unknown_variables(Settings.model_fields)
     return Settings(**overrides)  # type: ignore[arg-type]

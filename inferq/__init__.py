@@ -3,7 +3,7 @@
 Everything inferq installs lives under this one package. The public API::
 
     from inferq import InferenceClient, Result
-    from inferq import InferqError, ModelNotFound, EnqueueError, ...
+    from inferq import InferqError, ModelNotFound, EnqueueError, DatabaseError, ...
 
 Attributes are imported lazily so that ``import inferq`` (e.g. by the CLI or a worker) costs
 nothing; the producer side never imports scikit-learn.
@@ -18,8 +18,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArtifactMismatch",
+    "BrokerUnavailable",
     "ConfigError",
     "ContractError",
+    "DatabaseError",
+    "DatabaseUnavailable",
     "EnqueueError",
     "InferenceClient",
     "InferqError",
@@ -27,12 +30,15 @@ __all__ = [
     "InvalidName",
     "MissingColumns",
     "ModelNotFound",
+    "ModelUnavailable",
     "NotAnEstimator",
     "Result",
     "ResultsTimeout",
+    "SchemaNotReady",
     "Settings",
     "TooManyRows",
     "TransientError",
+    "UnknownSettingWarning",
     "__version__",
 ]
 # name -> module that defines it (PEP 562 lazy attributes); every error is in common.errors
@@ -46,18 +52,24 @@ _EXPORTS.update(
 if TYPE_CHECKING:
     from inferq.common.errors import (
         ArtifactMismatch,
+        BrokerUnavailable,
         ConfigError,
         ContractError,
+        DatabaseError,
+        DatabaseUnavailable,
         EnqueueError,
         InferqError,
         InvalidInput,
         InvalidName,
         MissingColumns,
         ModelNotFound,
+        ModelUnavailable,
         NotAnEstimator,
         ResultsTimeout,
+        SchemaNotReady,
         TooManyRows,
         TransientError,
+        UnknownSettingWarning,
     )
     from inferq.common.settings import Settings
     from inferq.producer.client import InferenceClient

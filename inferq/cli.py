@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from inferq.common.errors import InferqError
+from inferq.common.errors import UnknownSettingWarning
+from inferq.common.failures import mask_url
 from inferq.common.settings import Settings, get_settings
 
 app = typer.Typer(
@@ -29,6 +34,28 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # one line per error, for logs
 
 JSON_OPT = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table.")
+_state = {"debug": False}  # set by the global --debug option, read by main()
+_default_showwarning = warnings.showwarning
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from inferq import __version__
+
+        sys.stdout.write(f"inferq {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    debug: bool = typer.Option(
+        False, "--debug", help="Also print the traceback of an error (or set INFERQ_DEBUG=1)."
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    _state["debug"] = debug
 
 
 def _print_json(data: Any) -> None:
@@ -202,49 +229,94 @@ def demo(
 
 @app.command("config")
 def config(as_json: bool = JSON_OPT) -> None:
-    """Show the effective settings (passwords masked)."""
+    """Show every setting: its effective value and where it came from (passwords masked)."""
     settings = get_settings()
+    from_env = [f"INFERQ_{name.upper()}" for name in sorted(settings.model_fields_set)]
+    values = {
+        f"INFERQ_{name.upper()}": _shown(settings, name) for name in type(settings).model_fields
+    }
     data = {
-        "broker": _mask(settings.effective_broker_url),
-        "database": _mask(settings.effective_database_url),
+        "broker": mask_url(settings.effective_broker_url),
+        "database": mask_url(settings.effective_database_url),
         "model_store": str(settings.model_store_dir),
         "home": str(settings.home_dir),
         "batch_size": settings.batch_size,
         "queues": [settings.online_queue, settings.bulk_queue],
         "embedded": settings.embedded_broker or not settings.database_url,
+        "settings": values,
+        "from_environment": from_env,
     }
     if as_json:
         _print_json(data)
-    else:
-        for key, value in data.items():
-            console.print(f"[bold]{key}[/]: {value}")
+        return
+    width = max(map(len, values))
+    for var, value in values.items():
+        # JSON spelling (true, 1.5, null -> unset) is also how the variables are written.
+        shown = "unset" if value is None else value if isinstance(value, str) else json.dumps(value)
+        source = "" if var in from_env else "  (default)"
+        # Plain write, not rich: values may hold '[' (IPv6 hosts) that rich would eat.
+        sys.stdout.write(f"{var:<{width}}  {shown}{source}\n")
 
 
-def _mask(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
+def _shown(settings: Settings, name: str) -> Any:
+    """The effective value of one setting as `inferq config` shows it (secrets masked)."""
+    effective = {
+        "home": settings.home_dir,
+        "model_store": settings.model_store_dir,
+        "broker_url": settings.effective_broker_url,
+        "database_url": settings.database_url or settings.effective_database_url,
+        "inflight_stale_after": settings.stale_after,
+    }
+    value = effective.get(name, getattr(settings, name))
+    if hasattr(value, "get_secret_value"):  # SecretStr: never shown, not even masked
+        return "***" if value.get_secret_value() else None
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, str) and "://" in value:
+        return mask_url(value)
+    return value
 
 
 def main() -> None:
-    """Console-script entry point: inferq errors become a one-line message and exit code 2."""
-    from pydantic import ValidationError
-
+    """Console-script entry point: every failure becomes one line on stderr (README)."""
+    warnings.showwarning = _show_warning
     try:
         app()
-    except InferqError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
-        raise SystemExit(2) from None
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"INFERQ_{'_'.join(map(str, e['loc'])).upper() or 'SETTINGS'}: {e['msg']}"
-            for e in exc.errors()
-        )
-        err_console.print(f"[bold red]invalid settings:[/] {problems}")
-        raise SystemExit(2) from None
+    except Exception as exc:  # SystemExit (typer.Exit, usage errors) passes through
+        raise SystemExit(_report(exc)) from None
+
+
+def _report(exc: Exception) -> int:
+    """Print one line for ``exc`` (and the traceback with --debug); return the exit code.
+
+    2: inferq's own errors and translated database/broker/settings failures (the message
+    says what to do); 1: anything unexpected (a bug: the traceback is for the report).
+    """
+    from inferq.common.failures import one_line, translate
+
+    debug = _state["debug"] or os.environ.get("INFERQ_DEBUG", "").strip().lower() in {
+        "1", "true", "yes", "on", "y", "t",
+    }  # fmt: skip
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    error = translate(exc)
+    if error is not None:
+        message = " ".join(str(error).split())  # one line, whatever the message held
+        err_console.print(f"[bold red]error:[/] {escape(message)}")
+        return 2
+    hint = "" if debug else " (run `inferq --debug ...` for the traceback)"
+    err_console.print(
+        f"[bold red]error:[/] unexpected {type(exc).__name__}: {escape(one_line(exc))}{hint}"
+    )
+    return 1
+
+
+def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """Unknown-variable warnings as one ``warning:`` line; others the usual way."""
+    if issubclass(category, UnknownSettingWarning):
+        err_console.print(f"[bold yellow]warning:[/] {escape(str(message))}")
+    else:
+        _default_showwarning(message, category, *args, **kwargs)
 
 
 # ----- operations ------------------------------------------------------------------------

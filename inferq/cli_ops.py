@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from inferq.common.settings import get_settings
+from inferq.common.errors import ConfigError
+from inferq.common.settings import Settings, get_settings
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -49,7 +50,10 @@ def metrics(
     """Serve Prometheus metrics: queue depth and age, rows/s, batch sizes, latency, errors."""
     from inferq.ops.metrics import serve
 
-    server, _ = serve(get_settings(), port=port, address=address,
+    settings = get_settings()
+    if not settings.embedded_broker:  # the embedded broker: database metrics only
+        _require_redis(settings, "inferq metrics")
+    server, _ = serve(settings, port=port, address=address,
                       settle_seconds=settle_seconds, max_rows=max_rows)  # fmt: skip
     console.print(f"inferq metrics on http://{address}:{server.server_port}/metrics")
     try:
@@ -80,6 +84,7 @@ def scale(
     from inferq.ops.scale import build_loads, current_processes, measure_throughput, plan_processes
 
     settings = get_settings()
+    _require_redis(settings, "inferq scale")
     probe = BrokerProbe(settings)
     try:
         depths, _ = probe.read()
@@ -112,3 +117,12 @@ def scale(
     )
     for note in plan.notes:
         console.print(f"note: {note}")
+
+
+def _require_redis(settings: Settings, command: str) -> None:
+    """Queue depths are read from Redis lists: refuse other brokers with the fix."""
+    if not settings.effective_broker_url.startswith(("redis://", "rediss://")):
+        raise ConfigError(
+            f"{command} reads queue depths from Redis: set INFERQ_BROKER_URL=redis://... "
+            f"(the broker now is {settings.effective_broker_url.split('://')[0]}://)"
+        )

@@ -76,6 +76,13 @@ def score(
     max_error_rate: float | None = typer.Option(
         None, "--max-error-rate", min=0.0, max=1.0, help="Fail the run above this error share."
     ),
+    rescore_errors: bool = typer.Option(
+        False,
+        "--rescore-errors",
+        help="With --run-id of a finished run: score again the chunks holding error rows that "
+        "were not the data's fault (model unavailable, dead-lettered, time limit); the new "
+        "result replaces the error row, still one row per job.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary, no progress bar."),
 ) -> None:
     """Score a CSV/Parquet file or a SQL query in bulk; results land in `predictions`."""
@@ -87,8 +94,11 @@ def score(
     try:
         source = open_source(input_path, sql, source_url, settings.effective_database_url)
         try:
+            if rescore_errors and not run_id:
+                raise typer.BadParameter("--rescore-errors needs the --run-id of a finished run")
             code, result, errors = _run(client, source, model, id_column, run_id, chunk_size,
-                                        max_error_rate, wait, timeout, as_json)  # fmt: skip
+                                        max_error_rate, wait, timeout, as_json,
+                                        rescore_errors)  # fmt: skip
         finally:
             close = getattr(source, "close", None)
             if close:
@@ -105,7 +115,7 @@ def score(
 def _run(
     client: Any, source: Any, model: str, id_column: str, run_id: str | None,
     chunk_size: int | None, max_error_rate: float | None, wait: bool, timeout: float | None,
-    as_json: bool,
+    as_json: bool, rescore_errors: bool = False,
 ) -> tuple[int, Any, list[tuple[str, int]]]:  # fmt: skip
     """Prepare, enqueue and (optionally) wait; returns (exit code, progress, error breakdown)."""
     from inferq.producer.bulk import BulkScorer, RunFailed
@@ -143,8 +153,10 @@ def _run(
             if bar is not None:
                 bar.start()
             scorer.enqueue(run, show)
-            finished = scorer.wait(run.run_id, show, timeout) if wait else None
+            finished = scorer.wait(run.run_id, show, timeout) if wait or rescore_errors else None
             result = finished or scorer.progress(run.run_id)
+        if rescore_errors:
+            result = _rescore(scorer, run, result, timeout, as_json)
         if result.status == "failed":
             code = 3
     except (RunFailed, TransientError) as exc:
@@ -157,6 +169,24 @@ def _run(
             bar.stop()
     errors = scorer.error_breakdown(run.run_id) if result.scored_error and not as_json else []
     return code, result, errors
+
+
+def _rescore(scorer: Any, run: Any, result: Any, timeout: float | None, as_json: bool) -> Any:
+    """--rescore-errors: send again the chunks whose error rows were not the data's fault."""
+    from inferq.producer import rescore
+
+    chunks = rescore.rescorable_chunks(scorer, run.run_id)
+    if not chunks:
+        if not as_json:
+            console.print("no error rows to rescore (only rows whose data was the problem)")
+        return result
+    if not as_json:
+        console.print(
+            f"rescoring {sum(chunks.values()):,} error rows in {len(chunks)} chunk(s) "
+            f"of run [bold]{run.run_id}[/]"
+        )
+    sent = rescore.send_rescore(scorer, run, set(chunks))
+    return rescore.wait_rescored(scorer, run.run_id, sent, timeout=timeout)
 
 
 def _print_summary(p: Any, errors: list[tuple[str, int]]) -> None:

@@ -121,6 +121,12 @@ def read_artifact(path: Path) -> tuple[Any, EstimatorInfo]:
 
 def load_verified(path: Path, sha256: str, sklearn_version: str) -> Any:
     """Load a stored artifact after checking sha256 and scikit-learn version (before unpickling)."""
+    # NOTE: hash and unpickle the same bytes, so the file cannot change between check and load.
+    return _joblib_load_strict(io.BytesIO(verify_artifact(path, sha256, sklearn_version)))
+
+
+def verify_artifact(path: Path, sha256: str, sklearn_version: str) -> bytes:
+    """The artifact's bytes, once its scikit-learn version and sha256 match the registry's."""
     import sklearn
 
     if sklearn.__version__ != sklearn_version:
@@ -129,9 +135,8 @@ def load_verified(path: Path, sha256: str, sklearn_version: str) -> Any:
         )
     if not path.is_file():
         raise ArtifactMismatch(str(path), "file", f"sha256 {sha256[:12]}...", "no file")
-    # NOTE: hash and unpickle the same bytes, so the file cannot change between check and load.
     data = path.read_bytes()
     found = hashlib.sha256(data).hexdigest()
     if found != sha256:
         raise ArtifactMismatch(str(path), "sha256", sha256, found)
-    return _joblib_load_strict(io.BytesIO(data))
+    return data

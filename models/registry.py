@@ -157,6 +157,16 @@ def alias_targets(engine: Engine, alias: str = DEFAULT_ALIAS) -> list[tuple[str,
         return [(r.name, r.version) for r in rows]
 
 
+def alias_versions(engine: Engine) -> list[ModelVersion]:
+    """Every version some alias points at (what workers must be able to serve)."""
+    with engine.connect() as conn:
+        pairs = {
+            (r.name, r.version)
+            for r in conn.execute(select(model_aliases.c.name, model_aliases.c.version))
+        }
+    return [get_version(engine, name, version) for name, version in sorted(pairs)]
+
+
 def promote(engine: Engine, name: str, version: int, alias: str = DEFAULT_ALIAS) -> ModelVersion:
     """Point ``alias`` of model ``name`` at ``version`` (creating the alias if needed)."""
     check_name(alias, "alias")

@@ -43,6 +43,10 @@ METRICS = {
     "inferq_batch_rows": "histogram{queue}: rows per committed message",
     "inferq_predict_seconds": "histogram{model}: model time per message (validate + predict)",
     "inferq_batch_latency_seconds": "histogram{queue}: submit to commit, per message",
+    "inferq_model_unservable": "gauge{worker,model,reason}: 1 while a worker cannot load a "
+    "registered model version (its jobs wait; see the worker log for the fix)",
+    "inferq_parked_messages": "gauge{model}: messages parked because the worker that took "
+    "them could not load their model version (they wait for a worker that can)",
     "inferq_up": "gauge{source=broker|database}: 1 when the last read worked",
     "inferq_exporter_ledger_lag_seconds": "gauge: how far the ledger reader is behind now",
 }
@@ -112,6 +116,18 @@ class BrokerProbe:
             for i, q in enumerate(self.queues)
         ]
         return depths, int(out[-1])
+
+    def unservable(self) -> list[dict[str, Any]]:
+        """The workers' live reports of model versions they cannot load (workers/health.py)."""
+        from inferq.workers.health import read_reports
+
+        return read_reports(self._client)
+
+    def parked(self) -> dict[str, int]:
+        """Parked messages per model version (workers/parking.py)."""
+        from inferq.workers.parking import counts_by_model
+
+        return counts_by_model(self._client)
 
     def close(self) -> None:
         """Release the Redis connection."""
@@ -183,6 +199,8 @@ class InferqCollector(Collector):
         self._up = {"broker": 0.0, "database": 0.0}
         self._depths: list[QueueDepth] = []
         self._unacked = 0
+        self._unservable: list[dict[str, Any]] = []
+        self._parked: dict[str, int] = {}
         self._rows_per_message: dict[str, tuple[int, int]] = {}  # queue -> (batches, rows)
         r = self._registry = CollectorRegistry(auto_describe=False)
         mq = ["model", "queue"]
@@ -231,6 +249,8 @@ class InferqCollector(Collector):
         if self.probe is not None:
             try:
                 self._depths, self._unacked = self.probe.read()
+                self._unservable = self.probe.unservable()
+                self._parked = self.probe.parked()
                 self._up["broker"] = 1.0
             except Exception as exc:
                 log.warning("queue depth read failed: %s", exc)
@@ -265,6 +285,14 @@ class InferqCollector(Collector):
         yield from (depth, rows, age)
         if self.probe is not None:
             yield _gauge("inferq_unacked_messages", value=self._unacked)
+            bad = _gauge("inferq_model_unservable", ["worker", "model", "reason"])
+            for report in self._unservable:
+                bad.add_metric([report["worker"], report["model"], report["reason"][:200]], 1)
+            yield bad
+            held = _gauge("inferq_parked_messages", ["model"])
+            for ref, count in sorted(self._parked.items()):
+                held.add_metric([ref], count)
+            yield held
         up = _gauge("inferq_up", ["source"])
         for source, value in self._up.items():
             if source == "database" or self.probe is not None:

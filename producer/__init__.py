@@ -1,4 +1,4 @@
-"""inferq producer: ``from producer import InferenceClient``. Must never import scikit-learn."""
+"""inferq producer: ``from inferq import InferenceClient``. Must never import scikit-learn."""
 
 from inferq.producer.client import InferenceClient
 from inferq.producer.results import Result

@@ -13,77 +13,28 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from inferq.common import contract
-from inferq.common.errors import InferqError, InvalidInput, MissingColumns
-from inferq.common.schema import prediction_batches, predictions, scoring_run_chunks, scoring_runs
+from inferq.common.errors import InvalidInput, MissingColumns
+from inferq.common.schema import prediction_batches, scoring_run_chunks, scoring_runs
 from inferq.models import registry
 from inferq.producer.client import InferenceClient
 from inferq.producer.encoding import to_matrix
+from inferq.producer.runs import FINAL, RunFailed, RunProgress, RunTracker
 from inferq.producer.sources import Source
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import func, insert, select, update
 
 #: A kombu publish batch (one Redis pipeline) ends at this many messages or rows; then the
 #: chunk ledger is updated and backpressure is checked.
 PUBLISH_GROUP = 50
 PUBLISH_GROUP_ROWS = 100_000
-FINAL = ("done", "failed")
-
-
-class RunFailed(InferqError):
-    """A bulk run ended without every row answered, or with too many error rows."""
-
-
-@dataclass(slots=True)
-class RunProgress:
-    """Where a run stands, read from the database."""
-
-    run_id: str
-    model: str
-    status: str
-    source: str
-    total_rows: int | None
-    enqueued: int
-    scored_ok: int
-    scored_error: int
-    n_chunks: int | None
-    chunks_done: int
-    started_at: dt.datetime
-    finished_at: dt.datetime | None
-    error: str | None
-
-    @property
-    def scored(self) -> int:
-        """Rows answered so far (ok + error)."""
-        return self.scored_ok + self.scored_error
-
-    @property
-    def complete(self) -> bool:
-        """Every chunk enqueued and committed."""
-        return self.n_chunks is not None and self.chunks_done >= self.n_chunks
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        data = asdict(self)
-        for key in ("started_at", "finished_at"):
-            data[key] = data[key].isoformat() if data[key] else None
-        end = self.finished_at or dt.datetime.now(dt.UTC)
-        seconds = max(1e-9, (end - _aware(self.started_at)).total_seconds())
-        data["seconds"] = round(seconds, 3)
-        data["rows_per_second"] = round(self.scored / seconds, 1)
-        return data
-
-
-def _aware(t: dt.datetime) -> dt.datetime:
-    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 def run_token(run_id: str) -> str:
@@ -155,16 +106,12 @@ class Run:
     complete: bool = False  # a re-run of a run whose chunks are all committed
 
 
-class BulkScorer:
+class BulkScorer(RunTracker):
     """Runs `inferq score` over a Source through an InferenceClient."""
 
     def __init__(self, client: InferenceClient) -> None:
+        super().__init__(client.engine)
         self.client = client
-
-    @property
-    def engine(self) -> Engine:
-        """The results database (where runs and their ledger live)."""
-        return self.client.engine
 
     # ----- prepare -----------------------------------------------------------------------
     def prepare(
@@ -256,9 +203,10 @@ class BulkScorer:
         return rest
 
     # ----- enqueue -----------------------------------------------------------------------
-    def _batch(
+    def build_chunk(
         self, run: Run, piece: pd.DataFrame, chunk_no: int, first_row: int
     ) -> contract.Batch:
+        """The message for chunk ``chunk_no`` of a run (deterministic ids)."""
         ids = piece[run.id_column]
         missing_id = ids.isna().to_numpy()
         keys: list[str | None] = [
@@ -298,7 +246,7 @@ class BulkScorer:
             for piece in rechunk(frames, run.chunk_size):
                 if chunk_no not in run.committed:
                     pending.append(
-                        (self._batch(run, piece, chunk_no, first_row), chunk_no, first_row)
+                        (self.build_chunk(run, piece, chunk_no, first_row), chunk_no, first_row)
                     )
                 chunk_no += 1
                 first_row += len(piece)
@@ -394,20 +342,6 @@ class BulkScorer:
             )
         return sum(b.n_rows for b, _, _ in pending)
 
-    # ----- progress ----------------------------------------------------------------------
-    def _load_run(self, run_id: str) -> Any:
-        with self.engine.connect() as conn:
-            return conn.execute(select(scoring_runs).where(scoring_runs.c.run_id == run_id)).first()
-
-    def _set(self, run_id: str, only_if_status: str | None = None, **values: Any) -> None:
-        """Update the run record (only while it has ``only_if_status``, when given)."""
-        values["updated_at"] = dt.datetime.now(dt.UTC)
-        stmt = update(scoring_runs).where(scoring_runs.c.run_id == run_id)
-        if only_if_status is not None:
-            stmt = stmt.where(scoring_runs.c.status == only_if_status)
-        with self.engine.begin() as conn:
-            conn.execute(stmt.values(**values))
-
     def _committed_chunks(self, run_id: str) -> set[int]:
         query = (
             select(scoring_run_chunks.c.chunk_no)
@@ -419,146 +353,6 @@ class BulkScorer:
         with self.engine.connect() as conn:
             return set(conn.execute(query).scalars())
 
-    def progress(self, run_id: str) -> RunProgress:
-        """The run's counts from the database; finalises the run when its last chunk committed."""
-        row = self._load_run(run_id)
-        if row is None:
-            raise InvalidInput(f"no run {run_id!r} (see `inferq runs`)")
-        with self.engine.connect() as conn:
-            done, ok, err = conn.execute(
-                select(
-                    func.count(),
-                    func.coalesce(func.sum(prediction_batches.c.n_ok), 0),
-                    func.coalesce(func.sum(prediction_batches.c.n_error), 0),
-                ).where(prediction_batches.c.run_id == run_id)
-            ).one()
-        status, error, finished = row.status, row.error, row.finished_at
-        if row.status not in FINAL and row.n_chunks is not None and done >= row.n_chunks:
-            status, error, ok, err, finished = self._finalise(row)
-        elif row.status in FINAL:
-            ok, err = row.scored_ok or ok, row.scored_error or err
-        return RunProgress(
-            run_id=run_id,
-            model=f"{row.model_name}@{row.model_version}",
-            status=status,
-            source=row.source,
-            total_rows=row.total_rows,
-            enqueued=row.enqueued,
-            scored_ok=ok,
-            scored_error=err,
-            n_chunks=row.n_chunks,
-            chunks_done=done,
-            started_at=row.started_at,
-            finished_at=finished,
-            error=error,
-        )
-
-    def _finalise(self, row: Any) -> tuple[str, str | None, int, int, dt.datetime]:
-        """Exact final counts from `predictions`; decide done or failed."""
-        with self.engine.connect() as conn:
-            # The run finished when its last batch committed, not when someone looked.
-            last_commit = conn.execute(
-                select(func.max(prediction_batches.c.committed_at)).where(
-                    prediction_batches.c.run_id == row.run_id
-                )
-            ).scalar()
-            counts: dict[str, int] = dict(
-                conn.execute(
-                    select(predictions.c.status, func.count())
-                    .where(predictions.c.run_id == row.run_id)
-                    .group_by(predictions.c.status)
-                ).all()
-            )
-        ok, err = counts.get("ok", 0), counts.get("error", 0)
-        status, error = "done", None
-        if ok + err < row.total_rows:
-            status = "failed"
-            error = (
-                f"{row.total_rows - ok - err} input rows share an id with another row; "
-                f"values of id column {row.id_column!r} must be unique"
-            )
-        elif ok + err > row.total_rows:
-            status = "failed"
-            error = (
-                f"{ok + err - row.total_rows} more result rows than input rows: the input "
-                "changed between runs of this run id"
-            )
-        elif row.max_error_rate is not None and err > row.max_error_rate * row.total_rows:
-            status = "failed"
-            error = (
-                f"error rate {err / row.total_rows:.2%} exceeds --max-error-rate "
-                f"{row.max_error_rate:.2%} ({err} of {row.total_rows} rows invalid)"
-            )
-        self._set(
-            row.run_id,
-            status=status,
-            error=error,
-            scored_ok=ok,
-            scored_error=err,
-            finished_at=last_commit or dt.datetime.now(dt.UTC),
-        )
-        return status, error, ok, err, last_commit or dt.datetime.now(dt.UTC)
-
-    def wait(
-        self,
-        run_id: str,
-        on_progress: Callable[[RunProgress], None] | None = None,
-        timeout: float | None = None,
-        poll: float = 0.5,
-    ) -> RunProgress:
-        """Poll until the run is done or failed (or ``timeout`` seconds pass)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            current = self.progress(run_id)
-            if on_progress:
-                on_progress(current)
-            if current.status in FINAL:
-                return current
-            if deadline is not None and time.monotonic() > deadline:
-                raise RunFailed(
-                    f"run {run_id} not finished after {timeout:g}s ({current.scored} of "
-                    f"{current.total_rows} rows scored); it keeps running on the workers — "
-                    f"`inferq runs {run_id}` shows progress, the same command resumes it"
-                )
-            time.sleep(poll)
-
-    # ----- listing -----------------------------------------------------------------------
-    def list_runs(self, limit: int = 20) -> list[RunProgress]:
-        """The most recent runs, newest first."""
-        with self.engine.connect() as conn:
-            ids = (
-                conn.execute(
-                    select(scoring_runs.c.run_id)
-                    .order_by(scoring_runs.c.started_at.desc())
-                    .limit(limit)
-                )
-                .scalars()
-                .all()
-            )
-        return [self.progress(r) for r in ids]
-
-    def error_breakdown(self, run_id: str, limit: int = 10) -> list[tuple[str, int]]:
-        """Most common error messages of a run, with the row number taken out."""
-        stmt = select(predictions.c.error).where(
-            predictions.c.run_id == run_id, predictions.c.status == "error"
-        )
-        counts: dict[str, int] = {}
-        with self.engine.connect() as conn:
-            if conn.dialect.name == "postgresql":
-                kind = func.regexp_replace(predictions.c.error, r"^row [0-9]+: ", "")
-                grouped = conn.execute(
-                    select(kind, func.count())
-                    .where(predictions.c.run_id == run_id, predictions.c.status == "error")
-                    .group_by(kind)
-                    .order_by(func.count().desc())
-                    .limit(limit)
-                )
-                return [(k, n) for k, n in grouped]
-            for (message,) in conn.execute(stmt):
-                key = re.sub(r"^row [0-9]+: ", "", message or "")
-                counts[key] = counts.get(key, 0) + 1
-        return sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
-
 
 def _upsert_chunks(dialect: str, rows: list[dict[str, Any]]) -> Any:
     if dialect == "postgresql":
@@ -569,3 +363,6 @@ def _upsert_chunks(dialect: str, rows: list[dict[str, Any]]) -> Any:
     return stmt.on_conflict_do_update(
         index_elements=["run_id", "chunk_no"], set_={"enqueued_at": stmt.excluded.enqueued_at}
     )
+
+
+__all__ = ["FINAL", "BulkScorer", "Run", "RunFailed", "RunProgress", "job_ids_for", "rechunk"]

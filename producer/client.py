@@ -18,6 +18,7 @@ from inferq.common import contract, inflight
 from inferq.common.celery import InferqCelery, create_celery, send_score
 from inferq.common.db import make_engine
 from inferq.common.errors import EnqueueError, InvalidInput, ResultsTimeout, TooManyRows
+from inferq.common.failures import boundary, translated
 from inferq.common.settings import Settings, get_settings
 from inferq.models import registry
 from inferq.producer.coalesce import Coalescer
@@ -27,7 +28,12 @@ from sqlalchemy import Engine
 
 
 class InferenceClient:
-    """Publishes score messages to the broker and reads results from the results database."""
+    """Publishes score messages to the broker and reads results from the results database.
+
+    Public methods raise inferq errors only (``from inferq import ...``): database and broker
+    failures arrive as SchemaNotReady, DatabaseUnavailable, DatabaseError, BrokerUnavailable
+    or EnqueueError, never as SQLAlchemy, psycopg, redis or kombu exceptions.
+    """
 
     def __init__(
         self,
@@ -61,8 +67,10 @@ class InferenceClient:
 
     @classmethod
     def from_env(cls) -> InferenceClient:
-        """A client configured from ``INFERQ_*`` environment variables."""
-        return cls(get_settings())
+        """A client configured from ``INFERQ_*`` environment variables (ConfigError if wrong)."""
+        with translated():
+            settings = get_settings()
+        return cls(settings)
 
     @property
     def engine(self) -> Engine:
@@ -94,6 +102,7 @@ class InferenceClient:
         self.close()
 
     # ----- submit ---------------------------------------------------------------------
+    @boundary
     def resolve(
         self, model: str, version: int | None = None, alias: str | None = "production"
     ) -> registry.ModelVersion:
@@ -120,6 +129,7 @@ class InferenceClient:
                     self._versions[(model, found.version)] = found
         return found
 
+    @boundary
     def build_batches(
         self,
         model: str,
@@ -130,8 +140,11 @@ class InferenceClient:
         job_ids: Sequence[str] | None = None,
         keys: Sequence[Any] | None = None,
         run_id: str | None = None,
+        rescore_errors: bool = False,
     ) -> list[contract.Batch]:
         """Validate and encode a submission into messages of ``batch_size`` rows (no broker I/O)."""
+        if rescore_errors and job_ids is None:
+            raise InvalidInput("rescore_errors=True needs the job_ids whose error rows to replace")
         mv = self.resolve(model, version, alias)
         x, row_errors = to_matrix(rows, mv.n_features, mv.feature_names, mv.ref)
         n = x.shape[0]
@@ -157,10 +170,12 @@ class InferenceClient:
                     run_id=run_id,
                     submitted_at=now,
                     row_offset=start,
+                    rescore=rescore_errors,
                 )
             )
         return batches
 
+    @boundary
     def publish(
         self, batches: Sequence[contract.Batch], queue: str | None = None, batched: bool = False
     ) -> list[str]:
@@ -216,6 +231,7 @@ class InferenceClient:
                     )
         return self._redis
 
+    @boundary
     def submit(
         self,
         model: str,
@@ -225,6 +241,7 @@ class InferenceClient:
         alias: str | None = "production",
         job_ids: Sequence[str] | None = None,
         keys: Sequence[Any] | None = None,
+        rescore_errors: bool = False,
     ) -> list[str]:
         """Enqueue rows for scoring; returns one job id per row, in row order.
 
@@ -236,7 +253,14 @@ class InferenceClient:
         With coalescing on, a call that has the client to itself (no other thread inside
         ``submit``, nothing waiting to be merged) is published at once: lingering only pays
         when another caller could share the message.
+        ``rescore_errors=True`` (with ``job_ids``): jobs that already have an *error* row are
+        scored again and the new result replaces it; an ok row is never replaced.
         """
+        if rescore_errors:  # never merged with other callers' rows: sent as they are
+            return self.publish(
+                self.build_batches(model, rows, version=version, alias=alias, job_ids=job_ids,
+                                   keys=keys, rescore_errors=True)
+            )  # fmt: skip
         with self._lock:
             self._submitting += 1
             alone = self._submitting == 1 and (self._coalescer is None or self._coalescer.idle())
@@ -254,6 +278,7 @@ class InferenceClient:
             with self._lock:
                 self._submitting -= 1
 
+    @boundary
     def submit_async(
         self,
         model: str,
@@ -295,11 +320,13 @@ class InferenceClient:
         return coalescer.put(batches, self.settings.online_queue)
 
     # ----- results --------------------------------------------------------------------
+    @boundary
     def results(self, job_ids: Sequence[str]) -> list[Result]:
         """Results available now for ``job_ids``, in the order given (missing ones skipped)."""
         found = fetch_results(self.engine, job_ids)
         return [found[j] for j in job_ids if j in found]
 
+    @boundary
     def wait(
         self, job_ids: Sequence[str], timeout: float = 60.0, poll_interval: float | None = None
     ) -> list[Result]:

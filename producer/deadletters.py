@@ -4,7 +4,8 @@ A batch is dead-lettered when its worker process died on it `INFERQ_MAX_DELIVERI
 (its jobs were answered with error rows), when its results could not be written for a
 non-transient reason (its jobs may have no row yet), or when its job ids were unreadable.
 The payload is kept whole, so the rows are never lost: `replay` publishes it again once the
-cause is fixed, with the same batch and job ids (a batch already answered stays answered).
+cause is fixed, with the same job ids; a batch already answered with error rows is sent as a
+rescore (new batch id), whose results replace those error rows.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class Replayed:
     """What `replay` did with one batch id."""
 
     batch_id: str
-    outcome: str  # "sent" | "already answered" | "unreadable" | "not found"
+    outcome: str  # "sent" | "unreadable" | "not found"
     detail: str = ""
 
 
@@ -62,8 +63,8 @@ def replay(client: Any, batch_ids: list[str] | None) -> list[Replayed]:
     """Publish dead-lettered batches again (all of them when ``batch_ids`` is None).
 
     Each one is removed from `dead_letters` once the broker took it; if it fails again
-    it comes back. A batch whose jobs were already answered (error rows) is left alone:
-    re-submit its rows under new job ids to score them again.
+    it comes back. A batch whose jobs were already answered with error rows (its worker
+    died on it) is sent as a rescore: the new results replace those error rows.
     """
     engine = client.engine
     settings = client.settings
@@ -82,17 +83,21 @@ def replay(client: Any, batch_ids: list[str] | None) -> list[Replayed]:
         )
     out = [Replayed(b, "not found") for b in batch_ids or [] if b not in found]
     for batch_id, row in found.items():
-        if batch_id in answered:
-            out.append(Replayed(batch_id, "already answered", "its jobs have error rows"))
-            continue
         try:
             batch = contract.decode_batch(msgpack.unpackb(row.payload, raw=False))
         except (ContractError, ValueError) as exc:
             out.append(Replayed(batch_id, "unreadable", str(exc)))
             continue
+        detail = f"{batch.n_rows} rows"
+        if batch_id in answered:
+            # Its jobs got error rows ("dead-lettered: ..."): send it as a rescore under a new
+            # batch id, so the new results replace those error rows (one row per job).
+            batch.batch_id = f"{batch_id}~replay-{contract.new_id()[:8]}"
+            batch.rescore = True
+            detail += ", replacing their error rows"
         queue = settings.bulk_queue if row.run_id else settings.online_queue
         client.publish([batch], queue=queue)  # raises EnqueueError: the letter stays
         with engine.begin() as conn:
             conn.execute(delete(dead_letters).where(t.batch_id == batch_id))
-        out.append(Replayed(batch_id, "sent", f"{batch.n_rows} rows to {queue}"))
+        out.append(Replayed(batch_id, "sent", f"{detail} to {queue}"))
     return out

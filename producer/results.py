@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from inferq.common.failures import translated
 from inferq.common.schema import predictions
 from sqlalchemy import Engine, select
 
@@ -72,10 +73,10 @@ def row_to_result(row: Any) -> Result:
 
 
 def fetch_results(engine: Engine, job_ids: Sequence[str]) -> dict[str, Result]:
-    """Results of the given job ids that exist now, keyed by job id."""
+    """Results of the given job ids that exist now, keyed by job id (inferq errors only)."""
     out: dict[str, Result] = {}
     ids = list(job_ids)
-    with engine.connect() as conn:
+    with translated(database_url=str(engine.url)), engine.connect() as conn:
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start : start + _CHUNK]
             for row in conn.execute(select(predictions).where(predictions.c.job_id.in_(chunk))):

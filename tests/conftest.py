@@ -130,6 +130,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         INFERQ_ONLINE_MAX_BATCH_SIZE=str(settings.online_max_batch_size),
         INFERQ_ONLINE_MAX_DELAY_MS=str(settings.online_max_delay_ms),
         INFERQ_CONSUMER_STALL_SECONDS=str(settings.consumer_stall_seconds),
+        INFERQ_START_CHECK=settings.start_check,
     )
     if settings.online_batching:
         env["INFERQ_ONLINE_BATCHING"] = settings.online_batching

@@ -8,11 +8,16 @@ the prefork pool forks its children).
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from celery.signals import worker_init, worker_process_init, worker_ready
+from inferq.common import inflight
 from inferq.common.celery import create_celery
+from inferq.common.errors import SchemaNotReady
+from inferq.common.failures import one_line, translate
 from inferq.workers import runtime
+from inferq.workers.parking import ParkClaimer, node_queue
 from inferq.workers.preload import WorkerRuntime, limit_threads
 from inferq.workers.reconcile import InflightReconciler
 from inferq.workers.requests import patch_kombu_close_after_collect
@@ -24,6 +29,7 @@ app = create_celery()
 import inferq.workers.tasks  # noqa: E402,F401  (registers the task on this app)
 
 app.steps["worker"].add(InflightReconciler)
+app.steps["worker"].add(ParkClaimer)
 patch_kombu_close_after_collect()
 app.steps["consumer"].add(ConsumerWatchdog)
 
@@ -33,10 +39,46 @@ def _preload_models(sender: Any = None, **_: Any) -> None:
     """Parent process, before fork: pin threads and load models (shared copy-on-write)."""
     limit_threads()
     rt = runtime.install(WorkerRuntime(app.inferq_settings))
+    rt.health.node = getattr(sender, "hostname", None) or "local"
+    if sender is not None and inflight.is_redis(rt.settings.broker_url):
+        # Claimed parked messages come through a queue only this worker consumes.
+        sender.app.amqp.queues.select_add(node_queue(sender.hostname))
     try:
         rt.preload()
-    except Exception as exc:  # registry unreachable/unmigrated: serve on demand, say so loudly
-        rt.preload_error = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:
+        problem = translate(exc, rt.settings)
+        if isinstance(problem, SchemaNotReady):  # it could not write a single result
+            sys.stderr.write(f"inferq worker: refusing to start: {problem}\n")
+            raise SystemExit(2) from None
+        # Registry unreachable: models load on demand per child; say so loudly.
+        rt.preload_error = one_line(problem or exc)
+    for problem in rt.unservable.values():
+        rt.health.report(problem)
+    refuse = refuse_to_start(rt.settings.start_check, rt.preloaded_refs, list(rt.unservable))
+    if refuse:
+        # Logging is not configured yet: say it on stderr, one line per model, then exit.
+        for problem in rt.unservable.values():
+            sys.stderr.write(f"inferq worker: {problem}\n")
+        sys.stderr.write(f"inferq worker: refusing to start: {refuse}\n")
+        raise SystemExit(3)
+    rt.health.forget_connection()  # IMPORTANT: children must not share the parent's socket
+
+
+def refuse_to_start(policy: str, served: list[str], unservable: list[str]) -> str | None:
+    """Why the start check refuses this worker (INFERQ_START_CHECK), or None to start."""
+    if not unservable or policy == "off":
+        return None
+    if policy == "all":
+        return (
+            f"{len(unservable)} model version(s) cannot be served here "
+            "(INFERQ_START_CHECK=all); fix the environment or set INFERQ_START_CHECK=any"
+        )
+    if not served:
+        return (
+            f"none of the {len(unservable)} model version(s) it must serve can be loaded here; "
+            "fix the environment (INFERQ_START_CHECK=off starts anyway: their jobs wait)"
+        )
+    return None
 
 
 @worker_ready.connect
@@ -46,7 +88,9 @@ def _report_preload(**_: Any) -> None:
     if rt.preload_error:
         log.error("model preload failed, models load on demand per child: %s", rt.preload_error)
     for ref, reason in rt.preload_failures.items():
-        log.error("could not preload %s (its messages get error rows): %s", ref, reason)
+        log.error("could not preload %s: %s", ref, reason)
+    for problem in rt.unservable.values():
+        log.error("%s (its jobs are requeued, not answered, until a worker can serve it)", problem)
     refs = rt.preloaded_refs
     log.info("preloaded %d model(s) before fork: %s", len(refs), ", ".join(refs) or "-")
 
@@ -55,3 +99,4 @@ def _report_preload(**_: Any) -> None:
 def _child_init(**_: Any) -> None:
     """Each prefork child: keep BLAS/OpenMP at one thread."""
     limit_threads()
+    runtime.get().health.forget_connection()

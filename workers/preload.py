@@ -11,14 +11,17 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from inferq.common.db import make_engine
+from inferq.common.errors import ModelUnavailable
 from inferq.common.settings import Settings
 from inferq.models import registry
 from inferq.workers.deliveries import DeliveryCounter
+from inferq.workers.health import RETRY_LOAD_AFTER, HealthBoard, explain
 from inferq.workers.inference import ModelInfo
 from sqlalchemy import Engine
 
@@ -54,6 +57,10 @@ class WorkerRuntime:
         self.preload_error: str | None = None
         self.deliveries = DeliveryCounter(settings.broker_url, settings.inflight_ledger)
         self.preload_failures: dict[str, str] = {}
+        #: Registered versions this worker cannot load (its environment): ref -> problem.
+        self.unservable: dict[str, ModelUnavailable] = {}
+        self._failed: dict[tuple[str, int], tuple[ModelUnavailable, float]] = {}
+        self.health = HealthBoard(settings.broker_url)
 
     @property
     def engine(self) -> Engine:
@@ -66,7 +73,11 @@ class WorkerRuntime:
         return self._engine
 
     def _load(self, mv: registry.ModelVersion, preloaded: bool) -> LoadedModel:
-        estimator = registry.load(self.settings.model_store_dir, mv)
+        """Load and describe ``mv``; a failure of this environment raises ModelUnavailable."""
+        try:
+            estimator = registry.load(self.settings.model_store_dir, mv)
+        except Exception as exc:
+            raise explain(mv.ref, exc, self.settings.model_store_dir) from exc
         return LoadedModel(ModelInfo.of(mv.name, mv.version, estimator, mv), estimator, preloaded)
 
     def preload(self) -> list[str]:
@@ -88,16 +99,37 @@ class WorkerRuntime:
                 try:
                     self._preloaded[(mv.name, mv.version)] = self._load(mv, preloaded=True)
                     loaded.append(mv.ref)
-                except Exception as exc:
-                    # A broken artifact must not stop the worker serving the other models;
-                    # its messages get error rows with this same message when they arrive.
-                    self.preload_failures[mv.ref] = str(exc)
+                except ModelUnavailable as problem:
+                    # Not the jobs' fault: their messages are requeued (never answered) until
+                    # a worker that can load the model takes them.
+                    self.unservable[mv.ref] = problem
+                    self._failed[(mv.name, mv.version)] = (problem, time.monotonic())
+            if specs is not None:  # also check what the aliases point at (not preloaded)
+                self._check_alias_targets()
         finally:
             # IMPORTANT: close the parent's connections before fork; children open their own.
             if self._engine is not None:
                 self._engine.dispose()
                 self._engine = None
         return loaded
+
+    def _check_alias_targets(self) -> None:
+        """Verify (file, sha256, scikit-learn version; no unpickling) every alias target."""
+        from inferq.models.artifacts import verify_artifact
+
+        store = self.settings.model_store_dir
+        for mv in registry.alias_versions(self.engine):
+            if (mv.name, mv.version) in self._preloaded or mv.ref in self.unservable:
+                continue
+            try:
+                verify_artifact(store / mv.artifact, mv.sha256, mv.sklearn_version)
+            except Exception as exc:
+                self.unservable[mv.ref] = explain(mv.ref, exc, store)
+
+    @property
+    def preloaded_keys(self) -> set[tuple[str, int]]:
+        """(name, version) of the models loaded before fork."""
+        return set(self._preloaded)
 
     @property
     def preloaded_refs(self) -> list[str]:
@@ -114,9 +146,21 @@ class WorkerRuntime:
             if key in self._lazy:
                 self._lazy.move_to_end(key)
                 return self._lazy[key]
+            failed = self._failed.get(key)
+            if failed is not None and time.monotonic() - failed[1] < RETRY_LOAD_AFTER:
+                raise failed[0]  # failed moments ago: don't re-read a big file per message
             mv = registry.get_version(self.engine, name, version)
             log.warning("loading %s on demand in pid %d (not preloaded)", mv.ref, os.getpid())
-            loaded = self._load(mv, preloaded=False)
+            try:
+                loaded = self._load(mv, preloaded=False)
+            except ModelUnavailable as problem:
+                log.error("%s", problem)
+                self._failed[key] = (problem, time.monotonic())
+                self.health.report(problem)
+                raise
+            if self._failed.pop(key, None) is not None:
+                log.warning("%s can be served again in pid %d", mv.ref, os.getpid())
+                self.health.clear(mv.ref)
             self._lazy[key] = loaded
             while len(self._lazy) > self.settings.max_loaded_models:
                 self._lazy.popitem(last=False)

@@ -30,6 +30,7 @@ import numpy as np
 from inferq.common.schema import dead_letters, prediction_batches, predictions
 from inferq.workers.inference import ScoredBatch
 from sqlalchemy import Connection, Engine, insert, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 COLUMNS = (
     "job_id", "run_id", "key", "model_name", "model_version", "status", "label", "score",
@@ -218,9 +219,10 @@ def _write_postgres(
     engine: Engine, scored: ScoredBatch, worker: str, received_at: float, decode_ms: float,
     started: float,
 ) -> WriteReport:  # fmt: skip
-    done = _copy_in_one_transaction(engine, [scored], worker, received_at, decode_ms, started)
-    if done is not None:
-        return done[0]
+    if not scored.batch.rescore:  # a rescore's jobs have rows already: the COPY would fail
+        done = _copy_in_one_transaction(engine, [scored], worker, received_at, decode_ms, started)
+        if done is not None:
+            return done[0]
     payload = copy_payload(scored, worker, dt.datetime.now(dt.UTC))
     # Some job ids (or the whole batch) already have rows: keep the first result of each.
     with engine.begin() as conn:
@@ -238,7 +240,7 @@ def _write_postgres(
         copy_rows(cur, _STAGE, payload)
         cur.execute(
             f"INSERT INTO predictions ({', '.join(COLUMNS)}) "
-            f"SELECT {', '.join(COLUMNS)} FROM {_STAGE} ON CONFLICT (job_id) DO NOTHING"
+            f"SELECT {', '.join(COLUMNS)} FROM {_STAGE} {_on_conflict(scored.batch.rescore)}"
         )
         written = cur.rowcount
         ms = (time.perf_counter() - started) * 1000
@@ -248,6 +250,14 @@ def _write_postgres(
             .values(n_written=written, write_ms=ms)
         )
     return WriteReport(written, False, ms)
+
+
+def _on_conflict(rescore: bool) -> str:
+    """First result wins; a rescore replaces error rows only (never an ok row)."""
+    if not rescore:
+        return "ON CONFLICT (job_id) DO NOTHING"
+    assignments = ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS if c != "job_id")
+    return f"ON CONFLICT (job_id) DO UPDATE SET {assignments} WHERE predictions.status = 'error'"
 
 
 def _write_sqlite(
@@ -271,7 +281,16 @@ def _write_sqlite(
         values = _ledger_values(scored, worker, received_at, decode_ms, 0, 0.0)
         if not _claim_ledger(conn, values):  # redelivered batch: no-op
             return WriteReport(0, True, (time.perf_counter() - started) * 1000)
-        written = conn.execute(insert(predictions).prefix_with("OR IGNORE"), params).rowcount
+        if b.rescore:
+            stmt = sqlite_insert(predictions)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["job_id"],
+                set_={c: stmt.excluded[c] for c in COLUMNS if c != "job_id"},
+                where=predictions.c.status == "error",
+            )
+            written = conn.execute(stmt, params).rowcount
+        else:
+            written = conn.execute(insert(predictions).prefix_with("OR IGNORE"), params).rowcount
         ms = (time.perf_counter() - started) * 1000
         conn.execute(
             update(prediction_batches)
@@ -301,7 +320,7 @@ def write_group(
     redelivery), the group is rolled back and each message is written on its own, through
     the duplicate-safe path.
     """
-    if engine.dialect.name == "postgresql":
+    if engine.dialect.name == "postgresql" and not any(p.batch.rescore for p in parts):
         started = time.perf_counter()
         done = _copy_in_one_transaction(engine, parts, worker, received_at, decode_ms, started)
         if done is not None:

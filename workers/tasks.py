@@ -11,7 +11,7 @@ import numpy as np
 from celery import shared_task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from inferq.common import contract
-from inferq.common.errors import ContractError, TransientError
+from inferq.common.errors import ContractError, ModelUnavailable, TransientError
 from inferq.workers import runtime
 from inferq.workers.inference import ScoredBatch, error_batch, score_batch
 from inferq.workers.results import write_dead_letter, write_results
@@ -71,10 +71,16 @@ def _write(
 
 
 def score_message(batch: contract.Batch, soft_limit: int) -> ScoredBatch:
-    """Score a decoded batch; whatever goes wrong with the model becomes error rows."""
+    """Score a decoded batch; what goes wrong with the model for these rows becomes error rows.
+
+    Raises ModelUnavailable when this worker cannot load the model (its own environment):
+    the caller requeues the message, since the rows are not the problem.
+    """
     try:
         loaded = runtime.get().get_model(batch.model, batch.version)
-    except Exception as exc:  # unknown model/version, artifact refused, unreadable file
+    except ModelUnavailable:
+        raise
+    except Exception as exc:  # unknown model/version: no worker could ever serve it
         if _transient(exc):
             raise TransientError(f"registry unavailable: {exc}") from exc
         log.error("batch %s: cannot serve model: %s", batch.batch_id, exc)
@@ -178,6 +184,8 @@ def _run(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
             return _unanswerable(payload, exc)
     except TransientError as exc:
         raise _requeue(self, exc) from exc
+    except ModelUnavailable as exc:
+        return _hold(self, payload, exc)
     worker = worker_name(self.request.hostname)
     soft = settings.soft_time_limit
     deadline = started + soft - min(5.0, soft * 0.2)
@@ -257,6 +265,22 @@ def _requeue(self: Any, exc: BaseException) -> BaseException:
     """Celery's retry: a copy of the message is published (with backoff) before this one is
     acked, so it survives even if this process dies right after. Raise what it returns."""
     return self.retry(exc=exc, countdown=_backoff(self.request.retries))
+
+
+def _hold(self: Any, payload: dict[str, Any], problem: ModelUnavailable) -> dict[str, Any]:
+    """A message this worker cannot serve: park it for a worker that can (workers/parking.py),
+    never answer it. Without Redis to park in (the embedded broker), requeue it with backoff."""
+    from inferq.workers.parking import park_message
+
+    batch_id = payload.get("batch_id")
+    try:
+        if park_message(runtime.get(), self.request.hostname, payload, problem):
+            log.warning("batch %s parked until a worker can serve it: %s", batch_id, problem)
+            return {"parked": True, "model": problem.ref, "reason": problem.reason}
+    except Exception as exc:  # Redis refused: keep it in circulation instead
+        log.error("batch %s could not be parked (%s); requeued", batch_id, exc)
+    log.warning("batch %s requeued: %s", batch_id, problem)
+    raise self.retry(exc=problem, countdown=_backoff(self.request.retries))
 
 
 def _backoff(retries: int) -> float:

@@ -3,6 +3,7 @@
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -144,13 +145,18 @@ def test_sigterm_during_a_run_finishes_or_requeues_in_flight_batches(
 def test_a_message_that_kills_its_worker_every_time_is_dead_lettered(
     fast_recovery, tmp_path, start_worker
 ):
+    """...and once the cause is gone, `dead-letters replay` scores it again: the new results
+    replace its error rows (issue 11), still exactly one row per job."""
     import msgpack
     from sqlalchemy import text
 
+    from tests.conftest import settings_env
     from tests.killer_model import register_killer
 
     settings = fast_recovery
-    engine, x = register_killer(settings, tmp_path, seed=0)
+    switch = tmp_path / "kill-switch"
+    switch.touch()
+    engine, x = register_killer(settings, tmp_path, seed=0, kill_switch=switch)
     worker = start_worker(settings, concurrency=1)
     poison = x[:5].copy()
     poison[2, 0] = 666
@@ -174,4 +180,25 @@ def test_a_message_that_kills_its_worker_every_time_is_dead_lettered(
     assert counts.clean
     assert worker.proc.poll() is None  # the worker kept serving
     assert worker.output().count("WorkerLostError") >= 3
+
+    switch.unlink()  # the cause is fixed: replay the letter whose jobs have error rows
+    replayed = subprocess.run(
+        [sys.executable, "-m", "inferq", "dead-letters", "replay", letter.batch_id],
+        env=settings_env(settings), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert replayed.returncode == 0, replayed.stderr
+    assert "replacing their error rows" in replayed.stderr
+    with InferenceClient(settings, engine=engine) as client:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            rescored = client.results(doomed)
+            if all(r.ok for r in rescored):
+                break
+            time.sleep(0.2)
+    assert [r.ok for r in rescored] == [True] * 5
+    assert all(r.batch_id.startswith(f"{letter.batch_id}~replay-") for r in rescored)
+    counts, _ = wait_until_clean(engine, before + doomed + after, timeout=5)
+    assert counts.clean  # replaced, not added
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM dead_letters")).scalar() == 0
     engine.dispose()

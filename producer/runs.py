@@ -1,0 +1,255 @@
+"""Where bulk runs stand: progress, finalising, waiting and listing (`inferq runs`).
+
+Read side of :mod:`producer.bulk`: everything here is computed from the database
+(`scoring_runs`, `prediction_batches`, `predictions`), so any process can follow a run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from inferq.common.errors import InferqError, InvalidInput
+from inferq.common.schema import (
+    prediction_batches,
+    predictions,
+    scoring_run_chunks,
+    scoring_runs,
+)
+from sqlalchemy import Engine, func, select, update
+
+FINAL = ("done", "failed")
+
+
+class RunFailed(InferqError):
+    """A bulk run ended without every row answered, or with too many error rows."""
+
+
+@dataclass(slots=True)
+class RunProgress:
+    """Where a run stands, read from the database."""
+
+    run_id: str
+    model: str
+    status: str
+    source: str
+    total_rows: int | None
+    enqueued: int
+    scored_ok: int
+    scored_error: int
+    n_chunks: int | None
+    chunks_done: int
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    error: str | None
+
+    @property
+    def scored(self) -> int:
+        """Rows answered so far (ok + error)."""
+        return self.scored_ok + self.scored_error
+
+    @property
+    def complete(self) -> bool:
+        """Every chunk enqueued and committed."""
+        return self.n_chunks is not None and self.chunks_done >= self.n_chunks
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        data = asdict(self)
+        for key in ("started_at", "finished_at"):
+            data[key] = data[key].isoformat() if data[key] else None
+        end = self.finished_at or dt.datetime.now(dt.UTC)
+        seconds = max(1e-9, (end - _aware(self.started_at)).total_seconds())
+        data["seconds"] = round(seconds, 3)
+        data["rows_per_second"] = round(self.scored / seconds, 1)
+        return data
+
+
+def _aware(t: dt.datetime) -> dt.datetime:
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+class RunTracker:
+    """Reads and finalises run records; :class:`producer.bulk.BulkScorer` adds the writing."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @property
+    def engine(self) -> Engine:
+        """The results database (where runs and their ledger live)."""
+        return self._engine
+
+    # ----- progress ----------------------------------------------------------------------
+    def _load_run(self, run_id: str) -> Any:
+        with self.engine.connect() as conn:
+            return conn.execute(select(scoring_runs).where(scoring_runs.c.run_id == run_id)).first()
+
+    def _set(self, run_id: str, only_if_status: str | None = None, **values: Any) -> None:
+        """Update the run record (only while it has ``only_if_status``, when given)."""
+        values["updated_at"] = dt.datetime.now(dt.UTC)
+        stmt = update(scoring_runs).where(scoring_runs.c.run_id == run_id)
+        if only_if_status is not None:
+            stmt = stmt.where(scoring_runs.c.status == only_if_status)
+        with self.engine.begin() as conn:
+            conn.execute(stmt.values(**values))
+
+    def progress(self, run_id: str) -> RunProgress:
+        """The run's counts from the database; finalises the run when its last chunk committed."""
+        row = self._load_run(run_id)
+        if row is None:
+            raise InvalidInput(f"no run {run_id!r} (see `inferq runs`)")
+        with self.engine.connect() as conn:
+            # Only the run's own chunks count (not rescore messages, producer/rescore.py).
+            done, ok, err = conn.execute(
+                select(
+                    func.count(),
+                    func.coalesce(func.sum(prediction_batches.c.n_ok), 0),
+                    func.coalesce(func.sum(prediction_batches.c.n_error), 0),
+                )
+                .select_from(
+                    scoring_run_chunks.join(
+                        prediction_batches,
+                        prediction_batches.c.batch_id == scoring_run_chunks.c.batch_id,
+                    )
+                )
+                .where(scoring_run_chunks.c.run_id == run_id)
+            ).one()
+        status, error, finished = row.status, row.error, row.finished_at
+        if row.status not in FINAL and row.n_chunks is not None and done >= row.n_chunks:
+            status, error, ok, err, finished = self._finalise(row)
+        elif row.status in FINAL:
+            ok, err = row.scored_ok or ok, row.scored_error or err
+        return RunProgress(
+            run_id=run_id,
+            model=f"{row.model_name}@{row.model_version}",
+            status=status,
+            source=row.source,
+            total_rows=row.total_rows,
+            enqueued=row.enqueued,
+            scored_ok=ok,
+            scored_error=err,
+            n_chunks=row.n_chunks,
+            chunks_done=done,
+            started_at=row.started_at,
+            finished_at=finished,
+            error=error,
+        )
+
+    def refinalise(self, run_id: str) -> RunProgress:
+        """Recount a finished run from `predictions` (after some of its rows were rescored)."""
+        row = self._load_run(run_id)
+        if row is None:
+            raise InvalidInput(f"no run {run_id!r} (see `inferq runs`)")
+        self._finalise(row)
+        return self.progress(run_id)
+
+    def _finalise(self, row: Any) -> tuple[str, str | None, int, int, dt.datetime]:
+        """Exact final counts from `predictions`; decide done or failed."""
+        with self.engine.connect() as conn:
+            # The run finished when its last batch committed, not when someone looked.
+            last_commit = conn.execute(
+                select(func.max(prediction_batches.c.committed_at)).where(
+                    prediction_batches.c.run_id == row.run_id
+                )
+            ).scalar()
+            counts: dict[str, int] = dict(
+                conn.execute(
+                    select(predictions.c.status, func.count())
+                    .where(predictions.c.run_id == row.run_id)
+                    .group_by(predictions.c.status)
+                ).all()
+            )
+        ok, err = counts.get("ok", 0), counts.get("error", 0)
+        status, error = "done", None
+        if ok + err < row.total_rows:
+            status = "failed"
+            error = (
+                f"{row.total_rows - ok - err} input rows share an id with another row; "
+                f"values of id column {row.id_column!r} must be unique"
+            )
+        elif ok + err > row.total_rows:
+            status = "failed"
+            error = (
+                f"{ok + err - row.total_rows} more result rows than input rows: the input "
+                "changed between runs of this run id"
+            )
+        elif row.max_error_rate is not None and err > row.max_error_rate * row.total_rows:
+            status = "failed"
+            error = (
+                f"error rate {err / row.total_rows:.2%} exceeds --max-error-rate "
+                f"{row.max_error_rate:.2%} ({err} of {row.total_rows} rows invalid)"
+            )
+        self._set(
+            row.run_id,
+            status=status,
+            error=error,
+            scored_ok=ok,
+            scored_error=err,
+            finished_at=last_commit or dt.datetime.now(dt.UTC),
+        )
+        return status, error, ok, err, last_commit or dt.datetime.now(dt.UTC)
+
+    def wait(
+        self,
+        run_id: str,
+        on_progress: Callable[[RunProgress], None] | None = None,
+        timeout: float | None = None,
+        poll: float = 0.5,
+    ) -> RunProgress:
+        """Poll until the run is done or failed (or ``timeout`` seconds pass)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            current = self.progress(run_id)
+            if on_progress:
+                on_progress(current)
+            if current.status in FINAL:
+                return current
+            if deadline is not None and time.monotonic() > deadline:
+                raise RunFailed(
+                    f"run {run_id} not finished after {timeout:g}s ({current.scored} of "
+                    f"{current.total_rows} rows scored); it keeps running on the workers — "
+                    f"`inferq runs {run_id}` shows progress, the same command resumes it"
+                )
+            time.sleep(poll)
+
+    # ----- listing -----------------------------------------------------------------------
+    def list_runs(self, limit: int = 20) -> list[RunProgress]:
+        """The most recent runs, newest first."""
+        with self.engine.connect() as conn:
+            ids = (
+                conn.execute(
+                    select(scoring_runs.c.run_id)
+                    .order_by(scoring_runs.c.started_at.desc())
+                    .limit(limit)
+                )
+                .scalars()
+                .all()
+            )
+        return [self.progress(r) for r in ids]
+
+    def error_breakdown(self, run_id: str, limit: int = 10) -> list[tuple[str, int]]:
+        """Most common error messages of a run, with the row number taken out."""
+        stmt = select(predictions.c.error).where(
+            predictions.c.run_id == run_id, predictions.c.status == "error"
+        )
+        counts: dict[str, int] = {}
+        with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                kind = func.regexp_replace(predictions.c.error, r"^row [0-9]+: ", "")
+                grouped = conn.execute(
+                    select(kind, func.count())
+                    .where(predictions.c.run_id == run_id, predictions.c.status == "error")
+                    .group_by(kind)
+                    .order_by(func.count().desc())
+                    .limit(limit)
+                )
+                return [(k, n) for k, n in grouped]
+            for (message,) in conn.execute(stmt):
+                key = re.sub(r"^row [0-9]+: ", "", message or "")
+                counts[key] = counts.get(key, 0) + 1
+        return sorted(counts.items(), key=lambda kv: -kv[1])[:limit]

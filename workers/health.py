@@ -1,0 +1,156 @@
+"""Models a worker cannot serve for a reason of its own environment, said loudly and at once.
+
+An error row means "this row's data, or the model's answer for it, was the problem". When a
+worker cannot load a registered model because of *its own* environment (artifact missing
+from its model store, another scikit-learn version, a module the pickle needs not
+installed, store unreadable) the jobs are not the problem: they are requeued, never answered,
+until a worker that can load the model takes them. This module turns a load failure into a
+:class:`ModelUnavailable` with the reason and the fix, and publishes the worker's
+unservable models to Redis, where ``inferq metrics`` exports them
+(``inferq_model_unservable``) and ``inferq workers``-style tools can read them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from inferq.common import inflight
+from inferq.common.errors import ArtifactMismatch, ModelUnavailable
+
+log = logging.getLogger("inferq.worker")
+
+#: Redis key prefix: ``inferq:unservable:<node>:<name@version>`` -> JSON {reason, fix, since}.
+KEY_PREFIX = "inferq:unservable:"
+#: A report lives this long unless refreshed by another failure (or deleted by a success).
+REPORT_TTL = 300
+#: A process retries loading a model that failed after this many seconds (the store may
+#: have been mounted or fixed meanwhile); until then its messages are requeued at once.
+RETRY_LOAD_AFTER = 10.0
+
+
+def explain(ref: str, exc: BaseException, model_store: Path) -> ModelUnavailable:
+    """The reason a registered model could not be loaded here, and what fixes it."""
+    if isinstance(exc, ModelUnavailable):
+        return exc
+    if isinstance(exc, ArtifactMismatch):
+        if exc.what == "file":
+            return ModelUnavailable(
+                ref,
+                f"its artifact {exc.path} is not in this worker's model store ({model_store})",
+                "set INFERQ_MODEL_STORE to the store the model was registered into "
+                "(or mount it there) and restart the worker",
+            )
+        if exc.what == "scikit-learn version":
+            return ModelUnavailable(
+                ref,
+                f"it was registered with scikit-learn {exc.expected}, this worker has {exc.found}",
+                f"install scikit-learn=={exc.expected} in the worker's environment",
+            )
+        return ModelUnavailable(
+            ref,
+            f"the file {exc.path} differs from the registered one (sha256 {exc.found[:12]}..., "
+            f"expected {exc.expected[:12]}...)",
+            "restore the registered file in the model store, or register the model again",
+        )
+    if isinstance(exc, ModuleNotFoundError):
+        return ModelUnavailable(
+            ref,
+            f"unpickling it needs the module {exc.name!r}, which is not installed here",
+            f"install the package that provides {exc.name!r} in the worker's environment",
+        )
+    if isinstance(exc, ImportError | AttributeError):
+        return ModelUnavailable(
+            ref,
+            f"unpickling it needs code this environment lacks ({type(exc).__name__}: {exc})",
+            "install the same versions of the model's libraries as where it was registered",
+        )
+    if isinstance(exc, OSError):
+        return ModelUnavailable(
+            ref,
+            f"the model store is unreadable ({type(exc).__name__}: {exc})",
+            f"check that {model_store} is mounted and readable by the worker's user",
+        )
+    return ModelUnavailable(
+        ref,
+        f"loading failed ({type(exc).__name__}: {exc})",
+        "check the worker's environment against the one the model was registered in",
+    )
+
+
+class HealthBoard:
+    """Publishes (and clears) this worker's unservable models in Redis (Redis brokers only)."""
+
+    def __init__(self, broker_url: str | None) -> None:
+        self._url = broker_url if inflight.is_redis(broker_url) else None
+        self._client: Any = None
+        self.node = "local"
+
+    def _redis(self) -> Any:
+        if self._client is None:
+            import redis
+
+            assert self._url is not None
+            self._client = redis.Redis.from_url(self._url, socket_timeout=5)
+        return self._client
+
+    def forget_connection(self) -> None:
+        """After fork: the child opens its own connection."""
+        self._client = None
+
+    def report(self, problem: ModelUnavailable, since: float | None = None) -> None:
+        """Publish ``problem`` for REPORT_TTL seconds (never raises)."""
+        if self._url is None:
+            return
+        now = time.time()
+        value = {"reason": problem.reason, "fix": problem.fix, "since": since or now, "at": now}
+        try:
+            self._redis().set(self._key(problem.ref), json.dumps(value), ex=REPORT_TTL)
+        except Exception as exc:  # the report is advisory; serving goes on without it
+            log.warning("could not publish that %s is unservable: %s", problem.ref, exc)
+
+    def client(self) -> Any:
+        """The Redis client (None without a Redis broker)."""
+        return None if self._url is None else self._redis()
+
+    def reported_at(self, ref: str) -> float | None:
+        """When this node last reported ``ref`` unservable (None: no live report)."""
+        if self._url is None:
+            return None
+        try:
+            raw = self._redis().get(self._key(ref))
+            return None if raw is None else float(json.loads(raw).get("at", 0.0))
+        except Exception:
+            return None
+
+    def clear(self, ref: str) -> None:
+        """This worker serves ``ref`` again."""
+        if self._url is None:
+            return
+        try:
+            self._redis().delete(self._key(ref))
+        except Exception as exc:
+            log.warning("could not clear the unservable report of %s: %s", ref, exc)
+
+    def _key(self, ref: str) -> str:
+        return f"{KEY_PREFIX}{self.node}:{ref}"
+
+
+def read_reports(client: Any) -> list[dict[str, Any]]:
+    """Every live report: {worker, model, reason, fix, since} (for metrics and the CLI)."""
+    out = []
+    for key in client.scan_iter(match=f"{KEY_PREFIX}*", count=500):
+        raw = client.get(key)
+        if raw is None:
+            continue
+        rest = (key.decode() if isinstance(key, bytes) else key)[len(KEY_PREFIX) :]
+        node, _, ref = rest.rpartition(":")
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            continue
+        out.append({"worker": node, "model": ref, **data})
+    return sorted(out, key=lambda r: (r["worker"], r["model"]))
