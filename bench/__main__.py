@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from inferq.bench import scenarios
-from inferq.bench.data import make_rows, train_models
+from inferq.bench.data import make_mixed_rows, make_rows, train_models
 from inferq.bench.env import ROOT, bench_env
 from rich.console import Console
 
@@ -25,6 +25,7 @@ console = Console()
 TARGETS = {
     "bulk_cheap_vs_limit": 0.5,
     "bulk_forest_vs_limit": 1.2,
+    "bulk_mixed_vs_limit": 0.7,
     "bulk_vs_naive": 300,
     "online_p99_ms": 50,
     "child_share_of_model": 0.25,
@@ -45,7 +46,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--skip",
         default="",
-        help="comma list: bulk,naive,online,batching,memory,scale",
+        help="comma list: bulk,naive,online,batching,memory,scale,mixed",
     )
     p.add_argument(
         "--output",
@@ -111,11 +112,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 n = args.naive_rows if name == "cheap" else max(200, args.naive_rows // 5)
                 console.print(f"[{name}] naive pattern, {n} rows ...")
                 res[name]["naive"] = scenarios.naive(settings, paths[name], n, args.workers)
+        if "mixed" not in args.skip:
+            files["mixed"] = folder / "mixed.parquet"
+            make_mixed_rows(args.forest_rows, seed=11).to_parquet(
+                files["mixed"], row_group_size=100_000
+            )
+            console.print("[mixed] in-process limit ...")
+            res["mixed"] = {
+                "in_process": scenarios.in_process(
+                    settings, paths["mixed"], files["mixed"], args.chunk_size, "mixed"
+                )
+            }
+            if "bulk" not in args.skip:
+                console.print(f"[mixed] inferq bulk, {args.workers} workers ...")
+                res["mixed"]["bulk"] = scenarios.bulk(
+                    settings, "mixed", files["mixed"], args.workers, args.chunk_size, "bench-mixed"
+                )
         if "online" not in args.skip:
             console.print(f"online: {args.online_rate:g} jobs/s for {args.online_seconds:g}s ...")
             res["online"] = scenarios.online(
                 settings, args.online_rate, args.online_seconds, args.workers
             )
+            if "mixed" not in args.skip:
+                console.print("online, mixed-type model ...")
+                res["online_mixed"] = scenarios.online(
+                    settings, args.online_rate, args.online_seconds, args.workers, "mixed"
+                )
         if "batching" not in args.skip:
             from inferq.bench.online_batching import run_all
 
@@ -158,7 +180,7 @@ def markdown(res: dict[str, Any], started: float) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     checks = []
-    for model in ("cheap", "forest"):
+    for model in ("cheap", "forest", "mixed"):
         r = res.get(model)
         if not r:
             continue
@@ -200,6 +222,15 @@ def markdown(res: dict[str, Any], started: float) -> str:
         o = res["online"]
         checks.append(("online p50 ≤ 10 ms at 200 jobs/s", f"{o['p50_ms']:.1f} ms",
                        o["p50_ms"] <= 10))  # fmt: skip
+    if "online_mixed" in res and "online" in res:
+        m, o = res["online_mixed"], res["online"]
+        out.append(
+            f"Online, mixed-type model (5 text + 15 number features, one-hot + imputer + "
+            f"logistic regression): p50 {m['p50_ms']:.1f} ms, p95 {m['p95_ms']:.1f} ms, p99 "
+            f"{m['p99_ms']:.1f} ms."
+        )
+        gap = m["p50_ms"] - o["p50_ms"]
+        checks.append(("online mixed p50 within 2 ms of numeric", f"{gap:+.1f} ms", gap <= 2))
     if "batching" in res:
         from inferq.bench.online_batching import markdown_lines
 

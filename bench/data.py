@@ -9,6 +9,42 @@ import numpy as np
 import pandas as pd
 
 FEATURES = [f"f{i}" for i in range(20)]
+#: The mixed-type benchmark: 5 text categories + 15 numbers (2% missing in three of them).
+MIXED_TEXT = [f"c{i}" for i in range(5)]
+MIXED_NUMBERS = [f"n{i}" for i in range(15)]
+MIXED_FEATURES = MIXED_TEXT + MIXED_NUMBERS
+_VOCAB = ["lyon", "paris", "berlin", "madrid", "rome", "oslo", "porto", "gent"]
+
+
+def make_mixed_rows(n: int, seed: int = 0) -> pd.DataFrame:
+    """n mixed-type rows (text categories, numbers with a few missing) plus a unique `id`."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({c: rng.choice(_VOCAB, n) for c in MIXED_TEXT})
+    for j, c in enumerate(MIXED_NUMBERS):
+        values = rng.normal(size=n)
+        if j < 3:
+            values[rng.random(n) < 0.02] = np.nan
+        frame[c] = values
+    frame.insert(0, "id", np.char.add("m", np.arange(n).astype(str)))
+    return frame
+
+
+def _mixed_model(rows: int) -> object:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    train = make_mixed_rows(rows, seed=1)
+    y = ((train.n0.fillna(0) + (train.c0 == "paris") - (train.c1 == "rome")) > 0).astype(int)
+    prep = ColumnTransformer(
+        [
+            ("text", OneHotEncoder(handle_unknown="ignore"), MIXED_TEXT),
+            ("numbers", make_pipeline(SimpleImputer(), StandardScaler()), MIXED_NUMBERS),
+        ]
+    )
+    return make_pipeline(prep, LogisticRegression(max_iter=500)).fit(train[MIXED_FEATURES], y)
 
 
 def make_rows(n: int, seed: int = 0) -> pd.DataFrame:
@@ -35,6 +71,7 @@ def train_models(folder: Path, big_trees: int = 300, big_rows: int = 50_000) -> 
     big = make_rows(big_rows, seed=2)[FEATURES]
     models = {
         "cheap": make_pipeline(StandardScaler(), LogisticRegression()).fit(train, y),
+        "mixed": _mixed_model(20_000),
         "forest": RandomForestClassifier(n_estimators=100, max_depth=12, random_state=0,
                                          n_jobs=-1).fit(train, y),
     }  # fmt: skip

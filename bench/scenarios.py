@@ -26,11 +26,18 @@ def register(settings: Settings, path: Path, name: str) -> None:
     engine.dispose()
 
 
-def in_process(settings: Settings, model_path: Path, parquet: Path, chunk: int) -> dict[str, Any]:
-    """(1) The limit: read -> predict_proba -> COPY, one process, no queue, same row format."""
+def in_process(settings: Settings, model_path: Path, parquet: Path, chunk: int,
+               name: str = "bench") -> dict[str, Any]:  # fmt: skip
+    """(1) The limit: read -> coerce -> predict -> COPY, one process, no queue, same format.
+
+    ``name`` is a registered model whose input schema the rows are coerced to (the same
+    typed columns a worker gets); "bench" means an all-number model.
+    """
     import joblib
     from inferq.common.contract import Batch
     from inferq.common.db import make_engine
+    from inferq.common.rows.coerce import to_columns
+    from inferq.models import registry
     from inferq.models.artifacts import inspect_estimator
     from inferq.producer.bulk import rechunk
     from inferq.producer.sources import ParquetSource
@@ -40,17 +47,23 @@ def in_process(settings: Settings, model_path: Path, parquet: Path, chunk: int) 
 
     limit_threads()
     model = joblib.load(model_path)
-    info = ModelInfo.of("bench", 1, model, inspect_estimator(model))
     engine = make_engine(settings)
+    meta: Any = inspect_estimator(model) if name == "bench" else registry.find(engine, name)
+    info = ModelInfo.of("bench", 1, model, meta)
+    schema = info.schema
     with engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE IF EXISTS bench_inprocess")
         conn.exec_driver_sql("CREATE TABLE bench_inprocess (LIKE predictions INCLUDING ALL)")
     started = time.perf_counter()
     rows = 0
     source = ParquetSource(parquet)
-    for piece in rechunk(source.chunks(50_000, ["id", *FEATURES], "id"), chunk):
+    features = schema.names if schema.named else FEATURES
+    for piece in rechunk(source.chunks(50_000, ["id", *features], "id"), chunk):
         ids = piece["id"].tolist()
-        batch = Batch("bench", 1, ids, piece[FEATURES].to_numpy(np.float64), keys=ids)
+        cols = to_columns(piece[features], schema)
+        batch = Batch("bench", 1, ids, cols.x, keys=ids, row_errors=cols.errors, text=cols.text,
+                      text_positions=schema.text_positions if cols.text else (),
+                      width=schema.width if cols.text else None)  # fmt: skip
         scored = score_batch(model, info, batch)
         with engine.begin() as conn:
             cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
@@ -125,26 +138,31 @@ def naive(settings: Settings, model_path: Path, rows: int, workers: int) -> dict
     return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds}
 
 
-def online(settings: Settings, rate: float, duration: float, workers: int) -> dict[str, Any]:
+def online(
+    settings: Settings, rate: float, duration: float, workers: int, model: str = "cheap"
+) -> dict[str, Any]:
     """(4) Single-row submits at a fixed rate; latency submit -> committed (ledger commit)."""
-    from inferq.bench.data import make_rows
+    from inferq.bench.data import MIXED_FEATURES, make_mixed_rows, make_rows
     from inferq.common.schema import prediction_batches
     from inferq.producer import InferenceClient
     from sqlalchemy import select
 
-    worker = Worker.inferq(settings, workers, "online", INFERQ_PRELOAD="cheap:production")
+    worker = Worker.inferq(settings, workers, "online", INFERQ_PRELOAD=f"{model}:production")
     n = int(rate * duration)
-    frame = make_rows(n, seed=5)[FEATURES]
+    if model == "mixed":
+        frame = make_mixed_rows(n, seed=5)[MIXED_FEATURES]
+    else:
+        frame = make_rows(n, seed=5)[FEATURES]
     try:
         with InferenceClient(settings) as client:
-            client.submit("cheap", frame.iloc[:20])  # warm up connections
+            client.submit(model, frame.iloc[:20])  # warm up connections
             ids: list[str] = []
             started = time.perf_counter()
             for i in range(n):
                 delay = started + i / rate - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
-                ids += client.submit("cheap", frame.iloc[i : i + 1])
+                ids += client.submit(model, frame.iloc[i : i + 1])
             achieved = n / (time.perf_counter() - started)
             results = client.wait(ids, timeout=120)
             batches = {r.batch_id for r in results}

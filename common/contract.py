@@ -1,10 +1,11 @@
 """The message contract between producers and workers: task names, queues, payload schema.
 
 A score message is one Celery task call ``SCORE_BATCH(**payload)`` serialized with Celery's
-``msgpack`` serializer. The feature matrix travels as raw little-endian float64 bytes plus its
-shape, never as JSON lists of floats and never as pickle. Rows the producer could not turn into
-numbers travel as (index, message) pairs so the worker writes an error row for each of them:
-every accepted job id gets exactly one result row.
+``msgpack`` serializer. The number features travel as raw little-endian float64 bytes plus
+their shape, never as JSON lists of floats and never as pickle; category features, when the
+model has any, as msgpack arrays of text (common/rows/wire.py, contract version 2). Rows the
+producer could not read travel as (index, message) pairs so the worker writes an error row
+for each of them: every accepted job id gets exactly one result row.
 
 Both sides import only this module (and numpy/msgpack), never each other.
 """
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from inferq.common.errors import ContractError, InvalidName
+from inferq.common.rows import wire
 
 #: Celery task name of the batch scoring task (workers register it; producers send by name).
 SCORE_BATCH = "inferq.score_batch"
@@ -95,9 +97,15 @@ class Batch:
     #: Index of this batch's first row in the caller's submission (or input file), so error
     #: messages name the row the caller knows ("row 2017"), not its place in the message.
     row_offset: int = 0
-    #: Worker-side only (never on the wire): each row's number in its caller's submission,
-    #: for a batch merged from several messages (dynamic batching); else row_offset + i.
+    #: Each row's number in its caller's submission, for a batch merged from several
+    #: submissions or messages (common/rows/merge.py); on the wire as "rows" only then.
     row_numbers: list[int] | None = field(default=None, repr=False, compare=False)
+    #: Category features, one list of ``str | None`` per feature (typed rows, common/rows);
+    #: None for numeric-only messages, whose ``x`` holds every feature.
+    text: list[list[str | None]] | None = None
+    #: Schema positions of the ``text`` columns, and the full feature count.
+    text_positions: tuple[int, ...] = ()
+    width: int | None = None
     #: Score again jobs that already have an *error* row: the new result replaces it (an ok
     #: row is never replaced; still one row per job). Sent by `--rescore-errors`,
     #: `submit(rescore_errors=True)` and dead-letter replays of answered batches.
@@ -107,6 +115,11 @@ class Batch:
     def n_rows(self) -> int:
         """Number of rows (= jobs) in the batch."""
         return len(self.job_ids)
+
+    @property
+    def n_features(self) -> int:
+        """Features per row: the float block's width plus the text columns."""
+        return self.width if self.width is not None else int(self.x.shape[1])
 
     def row_number(self, i: int) -> int:
         """The number the caller knows row ``i`` of this batch by (for error messages)."""
@@ -127,9 +140,12 @@ def encode_batch(batch: Batch) -> dict[str, Any]:
         raise ContractError(f"matrix shape {x.shape} does not match {batch.n_rows} job ids")
     if batch.keys is not None and len(batch.keys) != batch.n_rows:
         raise ContractError(f"{len(batch.keys)} keys for {batch.n_rows} job ids")
+    if batch.text is not None and any(len(col) != batch.n_rows for col in batch.text):
+        raise ContractError(f"text columns do not hold {batch.n_rows} values each")
     err_rows = sorted(batch.row_errors)
+    typed = wire.encode(batch.text, batch.text_positions, batch.n_features)
     return {
-        "v": CONTRACT_VERSION,
+        "v": wire.TYPED_VERSION if typed else CONTRACT_VERSION,
         "batch_id": batch.batch_id,
         "run_id": batch.run_id,
         "model": batch.model,
@@ -142,8 +158,18 @@ def encode_batch(batch: Batch) -> dict[str, Any]:
         "err_msgs": [batch.row_errors[i] for i in err_rows],
         "submitted_at": float(batch.submitted_at),
         "row_offset": int(batch.row_offset),
+        **typed,
         **({"rescore": True} if batch.rescore else {}),
+        **_row_numbers(batch),
     }
+
+
+def _row_numbers(batch: Batch) -> dict[str, Any]:
+    """Each row's number for its caller, when a merge made them other than offset + i."""
+    numbers = batch.row_numbers
+    if numbers is None or numbers == list(range(batch.row_offset, batch.row_offset + len(numbers))):
+        return {}
+    return {"rows": [int(v) for v in numbers]}
 
 
 def _require(payload: dict[str, Any], name: str, kinds: type | tuple[type, ...]) -> Any:
@@ -165,10 +191,10 @@ def decode_batch(payload: dict[str, Any]) -> Batch:
     """Validate task kwargs against the contract and rebuild the Batch (zero-copy matrix)."""
     if not isinstance(payload, dict):
         raise ContractError(f"payload must be a mapping, got {type(payload).__name__}")
-    if payload.get("v") != CONTRACT_VERSION:
+    if payload.get("v") not in (CONTRACT_VERSION, wire.TYPED_VERSION):
         raise ContractError(
             f"message contract version {payload.get('v')!r} is not supported "
-            f"(this worker speaks version {CONTRACT_VERSION})"
+            f"(this worker speaks versions {CONTRACT_VERSION} and {wire.TYPED_VERSION})"
         )
     job_ids = decode_job_ids(payload)
     shape = _require(payload, "shape", list)
@@ -199,6 +225,14 @@ def decode_batch(payload: dict[str, Any]) -> Batch:
     row_offset = payload.get("row_offset") or 0
     if not isinstance(submitted_at, int | float) or not isinstance(row_offset, int):
         raise ContractError("submitted_at must be a number and row_offset an integer")
+    text, positions, width = wire.decode(payload, n, w)
+    numbers = payload.get("rows")
+    if numbers is not None and (
+        not isinstance(numbers, list)
+        or len(numbers) != n
+        or not all(type(v) is int and v >= 0 for v in numbers)
+    ):
+        raise ContractError("rows must hold one non-negative row number per job id")
     return Batch(
         model=_require(payload, "model", str),
         version=version,
@@ -211,4 +245,8 @@ def decode_batch(payload: dict[str, Any]) -> Batch:
         submitted_at=float(submitted_at),
         row_offset=row_offset,
         rescore=payload.get("rescore") is True,
+        text=text,
+        text_positions=positions,
+        width=width if text is not None else None,
+        row_numbers=numbers,
     )

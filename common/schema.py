@@ -44,7 +44,7 @@ model_versions = Table(
     Column("version", Integer, primary_key=True),
     Column("sha256", Text, nullable=False),
     Column("sklearn_version", Text, nullable=False),
-    Column("task", Text, nullable=False),  # 'classifier' | 'regressor'
+    Column("task", Text, nullable=False),  # 'classifier' | 'regressor' | 'outlier' | 'cluster'
     Column("estimator", Text, nullable=False),  # class name, e.g. 'Pipeline'
     Column("classes", JSONDoc, nullable=True),  # list of labels as strings, classifiers only
     Column("n_features", Integer, nullable=False),
@@ -53,6 +53,10 @@ model_versions = Table(
     Column("artifact", Text, nullable=False),  # path relative to the model store
     Column("size_bytes", Integer, nullable=False),
     Column("created_at", TZ, nullable=False),
+    # InputSchema.to_json() + "source"/"warnings" (common/rows/schema.py); NULL for versions
+    # registered before 0004: they are served as all numbers.
+    Column("input_schema", JSONDoc, nullable=True),
+    Column("reference", JSONDoc, nullable=True),  # {path, sha256, rows, format} of --reference
 )
 
 model_aliases = Table(

@@ -13,8 +13,8 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
+from inferq.cli_models import models_app
 from inferq.common.errors import UnknownSettingWarning
 from inferq.common.failures import mask_url
 from inferq.common.settings import Settings, get_settings
@@ -25,7 +25,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-models_app = typer.Typer(help="Register, list and promote model versions.", no_args_is_help=True)
 db_app = typer.Typer(help="Results database migrations (Alembic).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
@@ -60,82 +59,6 @@ def _global_options(
 
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def _engine(settings: Settings) -> Any:
-    from inferq.common.db import make_engine
-
-    return make_engine(settings)
-
-
-# ----- models ----------------------------------------------------------------------------
-@models_app.command("register")
-def models_register(
-    path: Path = typer.Argument(..., help="joblib file of a fitted scikit-learn estimator."),
-    name: str = typer.Option(..., "--name", "-n", help="Model name (letters, digits . _ -)."),
-    alias: str | None = typer.Option(
-        None, "--alias", "-a", help="Also point this alias (e.g. production) at the new version."
-    ),
-    as_json: bool = JSON_OPT,
-) -> None:
-    """Register PATH as the next version of NAME (copied into the model store, sha256 recorded)."""
-    from inferq.models import registry
-
-    settings = get_settings()
-    mv = registry.register(_engine(settings), settings.model_store_dir, path, name, alias)
-    if as_json:
-        _print_json(mv.to_json())
-    else:
-        console.print(
-            f"registered [bold]{mv.ref}[/] ({mv.estimator}, {mv.task}, {mv.n_features} features"
-            f"{', aliases: ' + ', '.join(mv.aliases) if mv.aliases else ''})"
-        )
-
-
-@models_app.command("list")
-def models_list(
-    name: str | None = typer.Argument(None, help="Only this model."),
-    as_json: bool = JSON_OPT,
-) -> None:
-    """List registered model versions and their aliases."""
-    from inferq.models import registry
-
-    versions = registry.list_models(_engine(get_settings()), name)
-    if as_json:
-        _print_json([mv.to_json() for mv in versions])
-        return
-    table = Table(
-        "name", "version", "aliases", "estimator", "task", "features", "sha256", "created"
-    )
-    for mv in versions:
-        table.add_row(
-            mv.name,
-            str(mv.version),
-            ", ".join(mv.aliases),
-            mv.estimator,
-            mv.task,
-            str(mv.n_features),
-            mv.sha256[:12],
-            mv.created_at.strftime("%Y-%m-%d %H:%M"),
-        )
-    console.print(table if versions else "no models registered (see `inferq models register`)")
-
-
-@models_app.command("promote")
-def models_promote(
-    name: str = typer.Argument(..., help="Model name."),
-    version: int = typer.Argument(..., help="Version to point the alias at."),
-    alias: str = typer.Option("production", "--alias", "-a", help="Alias to move."),
-    as_json: bool = JSON_OPT,
-) -> None:
-    """Point an alias (default production) of NAME at VERSION."""
-    from inferq.models import registry
-
-    mv = registry.promote(_engine(get_settings()), name, version, alias)
-    if as_json:
-        _print_json(mv.to_json())
-    else:
-        console.print(f"{name}:{alias} -> [bold]{mv.ref}[/]")
 
 
 # ----- db --------------------------------------------------------------------------------

@@ -20,22 +20,58 @@ from rich.table import Table
 from inferq.common.settings import Settings
 from inferq.procs import stop_worker
 
-MODEL_NAME = "breast-cancer"
+MODEL_NAME = "churn"
+CITIES = ["lyon", "paris", "berlin", "madrid", "rome", "são paulo"]
+PLANS = ["free", "basic", "pro"]
+NUMBERS = ["tenure_months", "monthly_spend", "support_calls"]
+
+
+def make_customers(rows: int, seed: int = 0) -> tuple[Any, Any]:
+    """A mixed-type table like the ones people score: text categories, integers, a boolean,
+    money with a few missing values; and whether each customer churned."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "plan": rng.choice(PLANS, rows, p=[0.5, 0.3, 0.2]),
+            "city": rng.choice(CITIES, rows),
+            "tenure_months": rng.integers(1, 72, rows),
+            "monthly_spend": rng.gamma(2.0, 20.0, rows).round(2),
+            "support_calls": rng.poisson(1.5, rows),
+            "has_app": rng.random(rows) < 0.6,
+        }
+    )
+    frame.loc[rng.random(rows) < 0.03, "monthly_spend"] = np.nan  # missing, imputed
+    logit = (
+        1.2 * (frame.plan == "free") - 0.8 * (frame.plan == "pro") - 0.04 * frame.tenure_months
+        + 0.5 * frame.support_calls - 0.7 * frame.has_app + 0.4 * (frame.city == "paris")
+    )  # fmt: skip
+    churned = rng.random(rows) < 1 / (1 + np.exp(-logit.to_numpy(dtype=float)))
+    return frame, np.where(churned, "churned", "stayed")
 
 
 def _train(path: Path) -> tuple[Any, Any]:
-    """Fit a scaler + logistic regression on scikit-learn's bundled breast cancer data."""
+    """Fit one-hot (text) + imputer/scaler (numbers) + logistic regression on customers."""
     import joblib
-    from sklearn.datasets import load_breast_cancer
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-    data = load_breast_cancer(as_frame=True)
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    model.fit(data.data, data.target)
+    features, target = make_customers(5000)
+    prep = ColumnTransformer(
+        [
+            ("text", OneHotEncoder(handle_unknown="ignore"), ["plan", "city"]),
+            ("numbers", make_pipeline(SimpleImputer(), StandardScaler()), NUMBERS),
+            ("flags", "passthrough", ["has_app"]),
+        ]
+    )
+    model = make_pipeline(prep, LogisticRegression(max_iter=1000)).fit(features, target)
     joblib.dump(model, path)
-    return data.data, data.target
+    return make_customers(5000, seed=1)
 
 
 def start_worker(settings: Settings, concurrency: int, hostname: str) -> subprocess.Popen[bytes]:
@@ -57,7 +93,7 @@ def start_worker(settings: Settings, concurrency: int, hostname: str) -> subproc
 def run_demo(
     settings: Settings, *, rows: int, concurrency: int, timeout: float, quiet: bool = False
 ) -> dict[str, Any]:
-    """Train -> register -> start worker -> submit ``rows`` rows -> wait -> summarise."""
+    """Train -> register -> start worker -> submit ``rows`` mixed-type rows -> wait -> summarise."""
     import numpy as np
 
     from inferq import migrations
@@ -85,7 +121,10 @@ def run_demo(
         mv = registry.register(
             engine, settings.model_store_dir, artifact, MODEL_NAME, alias="production"
         )
-    console.print(f"1. trained and registered [bold]{mv.ref}[/] ({mv.estimator}) as production")
+    console.print(
+        f"1. trained and registered [bold]{mv.ref}[/] ({mv.estimator}) as production: "
+        f"{mv.schema.describe()}"
+    )
 
     hostname = f"demo-{os.getpid()}@%h"
     worker = start_worker(settings, concurrency, hostname)
@@ -93,10 +132,12 @@ def run_demo(
     try:
         idx = np.arange(rows) % len(features)
         frame = features.iloc[idx].reset_index(drop=True)
-        # Two deliberately broken rows show what an error row looks like.
-        frame.iloc[7, 0] = np.nan
-        frame.iloc[11, 3] = np.inf
-        keys = [f"patient-{i}" for i in range(rows)]
+        # Two deliberately broken rows show what an error row looks like; the few missing
+        # monthly_spend values are scored (the model imputes them).
+        frame = frame.astype({"tenure_months": object})
+        frame.loc[7, "tenure_months"] = "n/a"
+        frame.loc[11, "monthly_spend"] = np.inf
+        keys = [f"customer-{i}" for i in range(rows)]
         with InferenceClient(settings, engine=engine) as client:
             started = time.perf_counter()
             job_ids = client.submit(MODEL_NAME, frame, keys=keys)
@@ -106,7 +147,7 @@ def run_demo(
     finally:
         stop_worker(worker, grace=20)
     ok = [r for r in results if r.ok]
-    truth = target.to_numpy()[idx]
+    truth = np.asarray(target)[idx]
     correct = sum(int(r.label == str(truth[i])) for i, r in enumerate(results) if r.ok)
     summary = {
         "model": mv.ref,

@@ -25,12 +25,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+#: What a registered version does with a row: its `model_versions.task`.
+TASKS = ("classifier", "regressor", "outlier", "cluster")
+
+
 @dataclass(frozen=True, slots=True)
 class EstimatorInfo:
     """What the registry records about a fitted estimator."""
 
-    task: str  # 'classifier' | 'regressor'
+    task: str  # one of TASKS
     estimator: str
+    #: Labels as text: classifier classes, "-1"/"1" for outlier detectors, cluster ids.
     classes: list[str] | None
     n_features: int
     feature_names: list[str] | None
@@ -47,9 +52,95 @@ def _joblib_load_strict(source: Path | io.BytesIO) -> Any:
         return joblib.load(source)
 
 
+def _estimator_type(obj: Any) -> str | None:
+    """scikit-learn's estimator type ("classifier", "clusterer", "outlier_detector", ...)."""
+    try:
+        from sklearn.utils import get_tags  # scikit-learn >= 1.6
+    except ImportError:  # older releases keep it as an attribute (Pipelines delegate it)
+        return getattr(obj, "_estimator_type", None)
+    try:
+        return get_tags(obj).estimator_type
+    except Exception:  # a third-party estimator with broken tags: no type
+        return getattr(obj, "_estimator_type", None)
+
+
+def _final(obj: Any) -> Any:
+    """The last step of a (nested) Pipeline, else the object itself."""
+    while hasattr(obj, "steps") and obj.steps:
+        obj = obj.steps[-1][1]
+    return obj
+
+
+def _task(obj: Any, path: str) -> str:
+    """The task of a scoring estimator; NotAnEstimator with the reason for anything else."""
+    from sklearn.base import is_classifier, is_regressor
+
+    name, final = type(obj).__name__, _final(obj)
+    kind = _estimator_type(obj)
+    can_predict = hasattr(obj, "predict")  # available_if hides predict where it cannot work
+    if is_classifier(obj):
+        return "classifier"
+    if is_regressor(obj):
+        return "regressor"
+    if kind == "outlier_detector":
+        if can_predict:
+            return "outlier"
+        if type(final).__name__ == "LocalOutlierFactor":
+            raise NotAnEstimator(
+                path,
+                f"{name} cannot score new rows: a LocalOutlierFactor fitted with "
+                "novelty=False has no predict (it only labels its training data); fit it "
+                "with novelty=True",
+            )
+        raise NotAnEstimator(path, f"{name} is an outlier detector without predict")
+    if kind == "clusterer":
+        if can_predict:
+            return "cluster"
+        raise NotAnEstimator(
+            path,
+            f"{name} is a clusterer that cannot assign new rows: it has no predict "
+            "(use one that has, e.g. KMeans, Birch or GaussianMixture, or fit a classifier "
+            "on its labels_)",
+        )
+    if kind == "density_estimator" and can_predict and hasattr(final, "means_"):
+        return "cluster"  # mixture models: predict assigns a component, like a clusterer
+    if hasattr(obj, "transform") or hasattr(obj, "fit_transform"):
+        raise NotAnEstimator(
+            path,
+            f"{name} is a transformer: it cannot score rows (register a classifier, "
+            "regressor, outlier detector or clusterer)",
+        )
+    raise NotAnEstimator(
+        path,
+        f"{name} is not a classifier, regressor, outlier detector or clusterer with predict: "
+        "it cannot score rows",
+    )
+
+
+def _cluster_ids(obj: Any) -> list[str] | None:
+    """The ids ``predict`` of a fitted clusterer can return, as text sorted numerically."""
+    import numpy as np
+
+    final = _final(obj)
+    ids: Any = None
+    if hasattr(final, "means_") and isinstance(getattr(final, "n_components", None), int):
+        ids = range(final.n_components)  # mixture models
+    elif getattr(final, "subcluster_labels_", None) is not None:
+        ids = np.unique(final.subcluster_labels_)  # Birch predicts subcluster labels
+    elif getattr(final, "cluster_centers_", None) is not None and len(final.cluster_centers_):
+        ids = range(len(final.cluster_centers_))
+    elif getattr(final, "labels_", None) is not None:
+        ids = np.unique(final.labels_)
+    elif isinstance(getattr(final, "n_clusters", None), int):
+        ids = range(final.n_clusters)
+    if ids is None:
+        return None
+    return [str(i) for i in sorted(int(i) for i in ids)]
+
+
 def inspect_estimator(obj: Any, path: str = "<object>") -> EstimatorInfo:
-    """Check that ``obj`` is a fitted single-output scikit-learn estimator and describe it."""
-    from sklearn.base import BaseEstimator, is_classifier, is_regressor
+    """Check that ``obj`` is a fitted single-output scikit-learn predictor and describe it."""
+    from sklearn.base import BaseEstimator
     from sklearn.exceptions import NotFittedError
     from sklearn.utils.validation import check_is_fitted
 
@@ -58,19 +149,12 @@ def inspect_estimator(obj: Any, path: str = "<object>") -> EstimatorInfo:
             path, f"it holds a {type(obj).__name__}, not a scikit-learn estimator or Pipeline"
         )
     name = type(obj).__name__
-    if is_classifier(obj):
-        task = "classifier"
-    elif is_regressor(obj):
-        task = "regressor"
-    else:
-        raise NotAnEstimator(
-            path, f"{name} is neither a classifier nor a regressor (transformers cannot score)"
-        )
+    task = _task(obj, path)
     try:
         check_is_fitted(obj)
     except NotFittedError:
         raise NotAnEstimator(path, f"{name} is not fitted; call fit() before saving it") from None
-    final = obj.steps[-1][1] if hasattr(obj, "steps") else obj
+    final = _final(obj)
     coef_shape: tuple[int, ...] = getattr(getattr(final, "coef_", None), "shape", ())
     multi = getattr(final, "n_outputs_", 1) > 1 or (
         task == "regressor" and len(coef_shape) == 2 and coef_shape[0] > 1
@@ -86,6 +170,10 @@ def inspect_estimator(obj: Any, path: str = "<object>") -> EstimatorInfo:
         if raw is None or getattr(raw, "ndim", 1) != 1:
             raise NotAnEstimator(path, f"{name}: multi-output classifiers are not supported")
         classes = [str(c) for c in raw]
+    elif task == "outlier":
+        classes = ["-1", "1"]  # scikit-learn's convention: -1 outlier, 1 inlier
+    elif task == "cluster":
+        classes = _cluster_ids(obj)
     names = getattr(obj, "feature_names_in_", None)
     return EstimatorInfo(
         task=task,
@@ -93,7 +181,8 @@ def inspect_estimator(obj: Any, path: str = "<object>") -> EstimatorInfo:
         classes=classes,
         n_features=int(n_features),
         feature_names=[str(n) for n in names] if names is not None else None,
-        has_proba=task == "classifier" and hasattr(obj, "predict_proba"),
+        # Classifiers and mixture models give per-class (per-component) probabilities.
+        has_proba=task in ("classifier", "cluster") and hasattr(obj, "predict_proba"),
     )
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from inferq.common.contract import check_name
 from inferq.common.errors import ModelNotFound
+from inferq.common.rows.schema import InputSchema
 from inferq.common.schema import model_aliases, model_versions
 from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
@@ -40,15 +41,39 @@ class ModelVersion:
     size_bytes: int
     created_at: dt.datetime
     aliases: list[str] = field(default_factory=list)
+    #: InputSchema.to_json() plus "source" and "warnings"; None for versions registered
+    #: before schemas existed (they are served as all numbers).
+    input_schema: dict[str, Any] | None = None
+    #: The reference sample given at registration: {"path", "sha256", "rows", "format"}.
+    reference: dict[str, Any] | None = None
+    _schema: InputSchema | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def ref(self) -> str:
         """``name@version``, the way inferq prints a model version."""
         return f"{self.name}@{self.version}"
 
+    @property
+    def schema(self) -> InputSchema:
+        """The input schema (the all-number one for versions registered before schemas)."""
+        if self._schema is None:  # parsed once: producers read it on every submit
+            parsed = (
+                InputSchema.numeric(self.n_features, self.feature_names)
+                if self.input_schema is None
+                else InputSchema.from_json(self.input_schema)
+            )
+            object.__setattr__(self, "_schema", parsed)
+            return parsed
+        return self._schema
+
+    @property
+    def schema_warnings(self) -> list[str]:
+        """Warnings from deriving the schema at registration (e.g. the probe row failed)."""
+        return list((self.input_schema or {}).get("warnings") or [])
+
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (for ``--json`` output)."""
-        data = asdict(self)
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_schema"}
         data["created_at"] = self.created_at.isoformat()
         return data
 
@@ -70,6 +95,8 @@ def _row_to_mv(row: Any, aliases: list[str] | None = None) -> ModelVersion:
         size_bytes=m["size_bytes"],
         created_at=m["created_at"],
         aliases=sorted(aliases or []),
+        input_schema=m["input_schema"],
+        reference=m["reference"],
     )
 
 
@@ -132,6 +159,25 @@ def resolve(
     return get_version(engine, name, found)
 
 
+def find(engine: Engine, ref: str) -> ModelVersion:
+    """``NAME@VERSION``, ``NAME:ALIAS``, or ``NAME``: its production version, else its latest."""
+    name, version, alias = parse_ref(ref)
+    if version is not None or ":" in ref:
+        return resolve(engine, name, version, alias)
+    try:
+        return resolve(engine, name)
+    except ModelNotFound as exc:
+        if exc.alias is None:
+            raise
+    with engine.connect() as conn:
+        latest = conn.execute(
+            select(func.max(model_versions.c.version)).where(model_versions.c.name == name)
+        ).scalar()
+    if latest is None:  # deleted meanwhile
+        raise ModelNotFound(name)
+    return get_version(engine, name, int(latest))
+
+
 def list_models(engine: Engine, name: str | None = None) -> list[ModelVersion]:
     """Every registered version (optionally of one model), newest first per model."""
     with engine.connect() as conn:
@@ -187,16 +233,37 @@ def promote(engine: Engine, name: str, version: int, alias: str = DEFAULT_ALIAS)
 
 
 def register(
-    engine: Engine, model_store: Path, path: Path, name: str, alias: str | None = None
+    engine: Engine,
+    model_store: Path,
+    path: Path,
+    name: str,
+    alias: str | None = None,
+    *,
+    reference: Path | None = None,
+    feature_types: dict[str, str] | None = None,
+    schema_file: Path | None = None,
 ) -> ModelVersion:
-    """Register a joblib file of a fitted estimator as the next version of ``name``."""
+    """Register a joblib file of a fitted estimator, with its input schema, as the next version."""
     import sklearn
     from inferq.models.artifacts import read_artifact, sha256_file
+    from inferq.models.schema_infer import infer_schema
 
     check_name(name)
     if alias is not None:
         check_name(alias, "alias")
-    _, info = read_artifact(Path(path))
+    model, info = read_artifact(Path(path))
+    # Kinds from the model, ``reference`` or ``schema_file``, then ``feature_types``; missing
+    # values probed by calling the model (models/schema_infer.py).
+    inferred = infer_schema(
+        model,
+        info.n_features,
+        info.feature_names,
+        reference=reference,
+        feature_types=feature_types,
+        schema_file=schema_file,
+        path=str(path),
+    )
+    del model  # the artifact is copied below; the probed object is not needed any more
     for _attempt in range(5):  # a concurrent register may take the same number: try the next
         with engine.connect() as conn:
             latest = conn.execute(
@@ -226,6 +293,8 @@ def register(
                         artifact=rel.as_posix(),
                         size_bytes=tmp.stat().st_size,
                         created_at=_now(),
+                        input_schema=inferred.document(),
+                        reference=inferred.reference,
                     )
                 )
         except SAIntegrityError:

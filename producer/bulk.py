@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 from inferq.common import contract
 from inferq.common.errors import InvalidInput, MissingColumns
+from inferq.common.rows.coerce import to_columns
 from inferq.common.schema import prediction_batches, scoring_run_chunks, scoring_runs
 from inferq.models import registry
 from inferq.producer.client import InferenceClient
-from inferq.producer.encoding import to_matrix
 from inferq.producer.runs import FINAL, RunFailed, RunProgress, RunTracker
 from inferq.producer.sources import Source
 from sqlalchemy import func, insert, select, update
@@ -104,6 +104,12 @@ class Run:
     committed: set[int]
     resumed: bool
     complete: bool = False  # a re-run of a run whose chunks are all committed
+
+
+def text_columns(run: Run) -> list[str]:
+    """Input columns of the run's model's category features (read as text, never numbers)."""
+    schema = run.mv.schema
+    return [run.feature_columns[j] for j in schema.text_positions]
 
 
 class BulkScorer(RunTracker):
@@ -213,10 +219,9 @@ class BulkScorer(RunTracker):
             None if m else str(v) for v, m in zip(ids.tolist(), missing_id, strict=True)
         ]
         job_ids = job_ids_for(run.run_id, keys, first_row)
-        names = run.mv.feature_names
-        x, errors = to_matrix(
-            piece[run.feature_columns], run.mv.n_features, names, run.mv.ref, offset=first_row
-        )
+        schema = run.mv.schema
+        cols = to_columns(piece[run.feature_columns], schema, run.mv.ref, offset=first_row)
+        x, errors = cols.x, cols.errors
         for i in np.flatnonzero(missing_id).tolist():
             errors.setdefault(i, f"row {first_row + i}: id column {run.id_column!r} is empty")
         return contract.Batch(
@@ -229,6 +234,9 @@ class BulkScorer(RunTracker):
             batch_id=f"{run.run_id}.{chunk_no}",
             run_id=run.run_id,
             row_offset=first_row,
+            text=cols.text,
+            text_positions=schema.text_positions if cols.text is not None else (),
+            width=schema.width if cols.text is not None else None,
         )
 
     def enqueue(self, run: Run, on_progress: Callable[[RunProgress], None] | None = None) -> int:
@@ -241,8 +249,9 @@ class BulkScorer(RunTracker):
         scored_at_start = self.progress(run.run_id).scored
         try:
             frames = run.source.chunks(
-                read_rows, [run.id_column, *run.feature_columns], run.id_column
-            )
+                read_rows, [run.id_column, *run.feature_columns], run.id_column,
+                text_columns(run),
+            )  # fmt: skip
             for piece in rechunk(frames, run.chunk_size):
                 if chunk_no not in run.committed:
                     pending.append(

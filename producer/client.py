@@ -19,10 +19,10 @@ from inferq.common.celery import InferqCelery, create_celery, send_score
 from inferq.common.db import make_engine
 from inferq.common.errors import EnqueueError, InvalidInput, ResultsTimeout, TooManyRows
 from inferq.common.failures import boundary, translated
+from inferq.common.rows.coerce import to_columns
 from inferq.common.settings import Settings, get_settings
 from inferq.models import registry
 from inferq.producer.coalesce import Coalescer
-from inferq.producer.encoding import to_matrix
 from inferq.producer.results import Result, fetch_results
 from sqlalchemy import Engine
 
@@ -146,7 +146,9 @@ class InferenceClient:
         if rescore_errors and job_ids is None:
             raise InvalidInput("rescore_errors=True needs the job_ids whose error rows to replace")
         mv = self.resolve(model, version, alias)
-        x, row_errors = to_matrix(rows, mv.n_features, mv.feature_names, mv.ref)
+        schema = mv.schema
+        cols = to_columns(rows, schema, mv.ref)
+        x, row_errors, text = cols.x, cols.errors, cols.text
         n = x.shape[0]
         if n == 0:
             raise InvalidInput("no rows to submit (got 0 rows)")
@@ -171,6 +173,9 @@ class InferenceClient:
                     submitted_at=now,
                     row_offset=start,
                     rescore=rescore_errors,
+                    text=None if text is None else [c[start:stop] for c in text],
+                    text_positions=schema.text_positions if text is not None else (),
+                    width=schema.width if text is not None else None,
                 )
             )
         return batches

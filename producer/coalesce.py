@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-import numpy as np
 from inferq.common.contract import Batch
 from inferq.common.errors import EnqueueError
+from inferq.common.rows import merge as rows_merge
 
 log = logging.getLogger("inferq.coalesce")
 
@@ -70,40 +70,13 @@ class _Bucket:
     rows: int = 0
 
 
-def mergeable(batch: Batch) -> bool:
-    """True if the worker will name no row of ``batch`` by its place in the message.
-
-    The worker reports a non-finite value as "row <row_offset + i>"; a merged message has
-    one offset for pieces of many callers, so such a piece travels alone (with its own
-    offset) and its error rows name the caller's row, as without coalescing.
-    """
-    ok = np.isfinite(batch.x).all(axis=1)
-    if batch.row_errors:
-        ok[list(batch.row_errors)] = True  # already answered with the producer's message
-    return bool(ok.all())
-
-
 def merge(pieces: Sequence[Batch]) -> Batch:
-    """One message carrying every piece's rows in order (a lone piece is returned as is)."""
-    if len(pieces) == 1:
-        return pieces[0]
-    keys: list[str | None] | None = None
-    if any(p.keys is not None for p in pieces):
-        keys = [k for p in pieces for k in (p.keys or [None] * p.n_rows)]
-    row_errors: dict[int, str] = {}
-    start = 0
-    for p in pieces:
-        row_errors.update({start + i: m for i, m in p.row_errors.items()})
-        start += p.n_rows
-    return Batch(
-        model=pieces[0].model,
-        version=pieces[0].version,
-        job_ids=[j for p in pieces for j in p.job_ids],
-        x=np.concatenate([p.x for p in pieces]),
-        keys=keys,
-        row_errors=row_errors,
-        submitted_at=min(p.submitted_at for p in pieces),
-    )
+    """One message carrying every piece's rows in order (a lone piece is returned as is).
+
+    The one merge of common/rows/merge.py: each row keeps the number its caller knows it
+    by, on the wire, so pieces of any callers share a message.
+    """
+    return rows_merge.merge(pieces)
 
 
 class Coalescer:
@@ -145,7 +118,7 @@ class Coalescer:
     def _add(self, piece: _Piece, queue: str, now: float) -> None:
         """Put a piece into its bucket (caller holds the lock)."""
         n = piece.batch.n_rows
-        if not mergeable(piece.batch) or n >= self._batch_size:
+        if n >= self._batch_size:
             self._ready.append(_Bucket(queue, now, [piece], n))
             return
         key = (piece.batch.model, piece.batch.version, queue)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from inferq.common import contract
 from inferq.common.errors import InvalidInput
 from inferq.common.schema import prediction_batches, predictions
-from inferq.producer.bulk import PUBLISH_GROUP, BulkScorer, Run, rechunk
+from inferq.producer.bulk import PUBLISH_GROUP, BulkScorer, Run, rechunk, text_columns
 from inferq.producer.runs import FINAL, RunFailed, RunProgress
 from sqlalchemy import func, or_, select
 
@@ -65,7 +65,9 @@ def send_rescore(scorer: BulkScorer, run: Run, chunks: set[int]) -> list[str]:
         )
     tag = uuid.uuid4().hex[:8]
     read_rows = max(run.chunk_size, (50_000 // run.chunk_size) * run.chunk_size)
-    frames = run.source.chunks(read_rows, [run.id_column, *run.feature_columns], run.id_column)
+    frames = run.source.chunks(
+        read_rows, [run.id_column, *run.feature_columns], run.id_column, text_columns(run)
+    )
     pending: list[contract.Batch] = []
     sent: list[str] = []
     first_row = 0

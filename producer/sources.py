@@ -7,7 +7,7 @@ bounded by one read block whatever the input size.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,8 +28,11 @@ class Source(Protocol):
         """Row count when cheaply known up front, else None."""
         ...
 
-    def chunks(self, rows: int, columns: list[str], id_column: str) -> Iterator[pd.DataFrame]:
-        """DataFrames of at most ``rows`` rows holding ``columns`` (the id column as text)."""
+    def chunks(
+        self, rows: int, columns: list[str], id_column: str, text: Collection[str] = ()
+    ) -> Iterator[pd.DataFrame]:
+        """DataFrames of at most ``rows`` rows holding ``columns`` (the id column as text, and
+        the ``text`` columns — the model's category features — as text, never as numbers)."""
         ...
 
 
@@ -57,20 +60,25 @@ class CsvSource:
     def total_rows(self) -> int | None:
         return None  # counting would mean reading the file twice
 
-    def chunks(self, rows: int, columns: list[str], id_column: str) -> Iterator[pd.DataFrame]:
+    def chunks(
+        self, rows: int, columns: list[str], id_column: str, text: Collection[str] = ()
+    ) -> Iterator[pd.DataFrame]:
         try:
-            # NOTE: the id column is read as text so ids like 00123 keep their zeros.
+            # NOTE: the id column and category features are read as text, so ids and codes
+            # like 00123 keep their zeros; an empty cell (or pandas' NA words: NA, null,
+            # NaN...) is a missing value.
             # low_memory=False: type each column over the whole read block, not over
             # arbitrary sub-blocks (which yields half-text, half-float columns).
-            reader = pd.read_csv(self.path, usecols=columns, chunksize=rows,
-                                 dtype={id_column: str}, low_memory=False)  # fmt: skip
+            as_text = dict.fromkeys([id_column, *text], str)
+            reader = pd.read_csv(self.path, usecols=columns, chunksize=rows, dtype=as_text,
+                                 low_memory=False)  # fmt: skip
             for frame in reader:
-                yield _numbers_from_text(frame, id_column)
+                yield _numbers_from_text(frame, {id_column, *text})
         except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
             raise _unreadable(self.path, exc) from None
 
 
-def _numbers_from_text(frame: pd.DataFrame, id_column: str) -> pd.DataFrame:
+def _numbers_from_text(frame: pd.DataFrame, keep: set[str]) -> pd.DataFrame:
     """In a CSV every cell is text: one stray word makes pandas read a whole column as text.
 
     Turn the cells of such columns that are numbers back into floats and keep only the real
@@ -78,7 +86,7 @@ def _numbers_from_text(frame: pd.DataFrame, id_column: str) -> pd.DataFrame:
     """
     for name in frame.columns:
         column = frame[name]
-        if name == id_column or column.dtype.kind in "biuf":
+        if name in keep or column.dtype.kind in "biuf":
             continue
         numbers = pd.to_numeric(column, errors="coerce")
         text = numbers.isna() & column.notna()
@@ -114,7 +122,11 @@ class ParquetSource:
     def total_rows(self) -> int | None:
         return int(self._file.metadata.num_rows)
 
-    def chunks(self, rows: int, columns: list[str], id_column: str) -> Iterator[pd.DataFrame]:
+    def chunks(
+        self, rows: int, columns: list[str], id_column: str, text: Collection[str] = ()
+    ) -> Iterator[pd.DataFrame]:
+        # Native types: dictionary-encoded columns arrive as `category`, strings as text;
+        # common/rows/coerce.py turns both into the model's category values.
         for batch in self._file.iter_batches(batch_size=rows, columns=columns):
             yield batch.to_pandas()
 
@@ -149,7 +161,9 @@ class SqlSource:
             count = conn.execute(self._wrapped("SELECT count(*) FROM ({q}) AS src")).scalar()
             return int(count or 0)
 
-    def chunks(self, rows: int, columns: list[str], id_column: str) -> Iterator[pd.DataFrame]:
+    def chunks(
+        self, rows: int, columns: list[str], id_column: str, text: Collection[str] = ()
+    ) -> Iterator[pd.DataFrame]:
         # IMPORTANT: chunk k must hold the same rows on every run of a run id (resume skips
         # committed chunks by number), so rows are always ordered by the id column.
         quoted = self._engine.dialect.identifier_preparer.quote(id_column)

@@ -43,6 +43,7 @@ from celery.utils.saferepr import saferepr
 from celery.worker.strategy import default as default_strategy
 from inferq.common import contract
 from inferq.common.errors import ContractError
+from inferq.common.rows.merge import layout
 from inferq.common.settings import Settings
 from inferq.workers import runtime
 from inferq.workers.merge import merge_batches, split_scored
@@ -73,8 +74,8 @@ def run_group(hostname: str, payloads: list[dict[str, Any]]) -> list[Any]:
                 batch = contract.decode_batch(payloads[i])
             except ContractError:
                 continue  # the one-message path answers (or dead-letters) it
-            if pieces and batch.x.shape[1] != pieces[0].x.shape[1]:
-                continue  # a wrong width is answered per message, with its own row numbers
+            if pieces and layout(batch) != layout(pieces[0]):
+                continue  # other columns are answered per message, with their own row numbers
             pieces.append(batch)
             where.append(i)
         if not pieces:
@@ -149,6 +150,8 @@ class Batcher:
             return None
         if req.request_dict.get("retries"):
             return None  # it failed before: give it the careful path
+        if isinstance(req.kwargs, dict) and req.kwargs.get("rescore"):
+            return None  # replaces error rows: written on its own
         kw = req.kwargs if isinstance(req.kwargs, dict) else {}
         model, version, job_ids = kw.get("model"), kw.get("version"), kw.get("job_ids")
         if not (isinstance(model, str) and isinstance(version, int) and isinstance(job_ids, list)):

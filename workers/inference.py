@@ -7,11 +7,13 @@ tested directly with real scikit-learn models.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from inferq.common.contract import Batch, feature_label
+from inferq.common.contract import Batch
+from inferq.common.rows import model_input as mi
+from inferq.common.rows.schema import InputSchema
 
 #: Final estimators whose predict() is classes_[argmax(predict_proba)] by definition (trees,
 #: forests) or through a monotone link (logistic regression); for these the label is taken
@@ -25,6 +27,9 @@ PREDICT_IS_ARGMAX = frozenset(
 #: DataFrame. Every other scikit-learn step works on positions, and a bare array skips
 #: ~0.7 ms of per-call feature-name checks (most of a single-row prediction).
 NAME_SENSITIVE = frozenset({"ColumnTransformer", "FunctionTransformer"})
+
+#: Labels of outlier detectors (their predict gives +1 / -1).
+OUTLIER_CLASSES = ("inlier", "outlier")
 
 
 def accepts_array(model: Any) -> bool:
@@ -54,21 +59,34 @@ class ModelInfo:
     has_proba: bool
     final_estimator: str = ""
     array_ok: bool = False  # see accepts_array()
+    schema: InputSchema = field(default_factory=lambda: InputSchema(()))
+
+    @property
+    def ref(self) -> str:
+        """``name@version``."""
+        return f"{self.name}@{self.version}"
 
     @classmethod
     def of(cls, name: str, version: int, estimator: Any, meta: Any) -> ModelInfo:
         """Describe ``estimator``; ``meta`` is a registry ModelVersion or an EstimatorInfo."""
         steps = getattr(estimator, "steps", None)
+        schema = getattr(meta, "schema", None)
+        if not isinstance(schema, InputSchema):  # EstimatorInfo, or a version before schemas
+            schema = InputSchema.numeric(meta.n_features, meta.feature_names)
+        classes = meta.classes
+        if meta.task == "outlier":
+            classes = list(OUTLIER_CLASSES)
         return cls(
             name=name,
             version=version,
             task=meta.task,
             n_features=meta.n_features,
             feature_names=meta.feature_names,
-            classes=meta.classes,
+            classes=classes,
             has_proba=meta.has_proba,
             final_estimator=type(steps[-1][1] if steps else estimator).__name__,
             array_ok=accepts_array(estimator),
+            schema=schema,
         )
 
 
@@ -139,27 +157,14 @@ class ScoredBatch:
 def validate(batch: Batch, info: ModelInfo) -> dict[int, str]:
     """Messages for every invalid row of ``batch`` (index -> text); valid rows are absent."""
     errors = dict(batch.row_errors)
-    x = batch.x
-    if x.shape[1] != info.n_features:
+    problem = mi.layout_problem(
+        info.schema, int(batch.x.shape[1]), batch.text_positions, batch.n_features
+    )
+    if problem:
         for i in range(batch.n_rows):
-            errors.setdefault(
-                i,
-                f"row {batch.row_number(i)}: expected {info.n_features} features, got {x.shape[1]}",
-            )
+            errors.setdefault(i, f"row {batch.row_number(i)}: {problem}")
         return errors
-    finite = np.isfinite(x)
-    bad_rows = np.flatnonzero(~finite.all(axis=1))
-    for i in bad_rows.tolist():  # only invalid rows are visited; the valid path stays vectorized
-        if i in errors:
-            continue
-        j = int(np.argmin(finite[i]))
-        value = x[i, j]
-        what = "NaN (missing)" if np.isnan(value) else ("+inf" if value > 0 else "-inf")
-        extra = int((~finite[i]).sum()) - 1
-        more = f" (and {extra} more non-finite value{'s' * (extra > 1)})" if extra else ""
-        label = feature_label(j, info.feature_names)
-        errors[i] = f"row {batch.row_number(i)}: {label} is {what}{more}"
-    return errors
+    return mi.validate(info.schema, batch.x, batch.text, batch.row_number, info.ref, errors)
 
 
 def error_batch(
@@ -175,15 +180,23 @@ def error_batch(
     )
 
 
-def predict_arrays(
-    model: Any, info: ModelInfo, x: np.ndarray
-) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
-    """One vectorized call: (class index per row or None, scores, probability matrix or None)."""
-    if info.feature_names and not info.array_ok:
-        import pandas as pd
+def model_input(batch: Batch, info: ModelInfo, rows: np.ndarray | None = None) -> Any:
+    """What the model is given for ``rows`` of ``batch`` (None: all): array or DataFrame."""
+    return mi.model_input(info.schema, batch.x, batch.text, rows, info.array_ok)
 
-        return _predict(model, info, pd.DataFrame(x, columns=info.feature_names, copy=False))
-    if info.feature_names:
+
+def predict_arrays(
+    model: Any, info: ModelInfo, x: Any
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """One vectorized call: (class index per row or None, scores, probability matrix or None).
+
+    ``x`` is the model's input (:func:`model_input`); a bare float array is accepted too.
+    """
+    if isinstance(x, np.ndarray) and info.feature_names:
+        if not info.array_ok:
+            import pandas as pd
+
+            return _predict(model, info, pd.DataFrame(x, columns=info.feature_names, copy=False))
         import warnings
 
         with warnings.catch_warnings():
@@ -196,23 +209,52 @@ def predict_arrays(
 def _predict(
     model: Any, info: ModelInfo, x: Any
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    n = len(x)
     if info.task == "regressor":
         return None, np.asarray(model.predict(x), dtype=np.float64).reshape(-1), None
+    if info.task == "outlier":
+        # label: +1 inlier / -1 outlier; score: decision_function (negative = outlier).
+        idx = (np.asarray(model.predict(x)).reshape(-1) == -1).astype(np.intp)
+        return idx, _decision(model, x, idx, n), None
     lookup = {c: k for k, c in enumerate(info.classes or [])}
+    if info.task == "cluster":
+        idx = _indices(model.predict(x), lookup, n)
+        if info.has_proba:  # mixtures: membership probabilities, score = the chosen one's
+            proba = np.asarray(model.predict_proba(x), dtype=np.float64)
+            return idx, proba[np.arange(n), idx], proba
+        if hasattr(model, "transform") and hasattr(model, "cluster_centers_"):
+            # k-means: distance to the assigned centre (smaller = more typical).
+            return idx, np.asarray(model.transform(x), dtype=np.float64)[np.arange(n), idx], None
+        return idx, np.full(n, np.nan), None
     if not info.has_proba:
-        idx = np.fromiter((lookup[str(v)] for v in model.predict(x)), dtype=np.intp, count=len(x))
-        return idx, np.full(len(x), np.nan), None
+        idx = _indices(model.predict(x), lookup, n)
+        return idx, _decision(model, x, idx, n), None
     proba = np.asarray(model.predict_proba(x), dtype=np.float64)
     if info.final_estimator in PREDICT_IS_ARGMAX:
         idx = proba.argmax(axis=1)
     else:
-        idx = np.fromiter((lookup[str(v)] for v in model.predict(x)), dtype=np.intp, count=len(x))
+        idx = _indices(model.predict(x), lookup, n)
     scores = proba[:, 1] if proba.shape[1] == 2 else proba[np.arange(len(idx)), idx]
     return idx, scores, proba
 
 
+def _indices(predicted: Any, lookup: dict[str, int], n: int) -> np.ndarray:
+    """Class index per row; a label the registry does not know fails those rows."""
+    return np.fromiter((lookup[str(v)] for v in np.asarray(predicted).reshape(-1)),
+                       dtype=np.intp, count=n)  # fmt: skip
+
+
+def _decision(model: Any, x: Any, idx: np.ndarray, n: int) -> np.ndarray:
+    """decision_function as the score (binary/outlier: the value; multiclass: the chosen
+    class's); NaN when the model has none."""
+    if not hasattr(model, "decision_function"):
+        return np.full(n, np.nan)
+    d = np.asarray(model.decision_function(x), dtype=np.float64)
+    return d.reshape(-1) if d.ndim == 1 else d[np.arange(n), idx]
+
+
 def _checked_predict(
-    model: Any, info: ModelInfo, x: np.ndarray
+    model: Any, info: ModelInfo, x: Any
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     idx, scores, proba = predict_arrays(model, info, x)
     if scores.shape != (len(x),):
@@ -251,7 +293,7 @@ def _isolate_failures(
                 errors[i] = f"row {batch.row_number(i)}: the model failed ({why(first)})"
             return
         try:
-            out = _checked_predict(model, info, batch.x[sub])
+            out = _checked_predict(model, info, model_input(batch, info, sub))
         except reraise:
             raise
         except Exception as exc:
@@ -297,7 +339,7 @@ def score_batch(
     if not len(rows):
         return scored
     started = time.perf_counter()
-    x = batch.x if len(rows) == n else batch.x[rows]
+    x = model_input(batch, info, None if len(rows) == n else rows)
     try:
         idx, scores, proba = _checked_predict(model, info, x)
     except reraise:

@@ -7,38 +7,15 @@ shared model time (`predict_ms` is the merged call's time for each message).
 
 from __future__ import annotations
 
-import numpy as np
 from inferq.common.contract import Batch, new_id
+from inferq.common.rows.merge import merge
 from inferq.workers.inference import ScoredBatch
 
 
 def merge_batches(pieces: list[Batch]) -> Batch:
-    """One batch holding every row of ``pieces`` (same model, version and width), in order."""
-    first = pieces[0]
-    if any((p.model, p.version, p.x.shape[1]) != (first.model, first.version, first.x.shape[1])
-           for p in pieces):  # fmt: skip
-        raise ValueError("only messages for one model version and width can be merged")
-    keys: list[str | None] | None = None
-    if any(p.keys is not None for p in pieces):
-        keys = [k for p in pieces for k in (p.keys or [None] * p.n_rows)]
-    row_errors: dict[int, str] = {}
-    numbers: list[int] = []
-    start = 0
-    for p in pieces:
-        row_errors.update({start + i: m for i, m in p.row_errors.items()})
-        numbers.extend(p.row_number(i) for i in range(p.n_rows))
-        start += p.n_rows
-    return Batch(
-        model=first.model,
-        version=first.version,
-        job_ids=[j for p in pieces for j in p.job_ids],
-        x=np.concatenate([p.x for p in pieces]) if len(pieces) > 1 else first.x,
-        keys=keys,
-        row_errors=row_errors,
-        batch_id=new_id(),
-        submitted_at=min(p.submitted_at for p in pieces),
-        row_numbers=numbers,
-    )
+    """One batch holding every row of ``pieces`` (same model version and columns), in order:
+    the one merge of common/rows/merge.py, always under a new batch id."""
+    return merge(pieces, batch_id=new_id())
 
 
 def split_scored(scored: ScoredBatch, pieces: list[Batch]) -> list[ScoredBatch]:

@@ -147,15 +147,15 @@ def test_bad_values_in_one_submission_get_error_rows_and_good_rows_are_scored(
     errors = [results[j].error for j in ids]
     assert errors == [
         None,
-        "row 1: column 2 is NaN (missing)",
+        None,  # the forest takes a missing value (probed at registration): scored
         "row 2: column 0 is +inf",
         "row 3: column 3 is -inf",
         "row 4: column 0 has a non-numeric value 'abc' (text)",
-        "row 5: column 1 is missing (None)",
+        None,  # None is a missing value, as NaN
         "row 6: expected 4 features, got 3",
         "row 7: expected 4 features, got 5",
-        "row 8: dict rows need a model fitted with feature names; send a list of numbers in "
-        "training column order",
+        "row 8: dict rows need a model fitted with feature names; send a list in training "
+        "column order",
         f"row 9: column 2 has a non-numeric value '{'7' * 37}...' (text)",
         f"row 10: expected 4 features, got {TEN_MB_OF_FLOATS}",
         None,
@@ -164,13 +164,18 @@ def test_bad_values_in_one_submission_get_error_rows_and_good_rows_are_scored(
     ]
     scored = [results[j] for j in (ids[0], ids[11], ids[13])]
     assert [r.label for r in scored] == multiclass_model.model.predict(good).tolist()
+    missing = np.array([rows[1], [1.0, np.nan, 1.0, 1.0]])
+    assert [results[ids[i]].label for i in (1, 5)] == multiclass_model.model.predict(
+        missing
+    ).tolist()
     assert all(r.status == "error" and r.label is None and r.score is None
                for j, r in results.items() if r.error)  # fmt: skip
 
     names = list(binary_model.x.columns)
     assert [results[j].error for j in frame_ids] == [
         None,
-        f"row 1: feature {names[0]!r} (column 0) is NaN (missing)",
+        f"row 1: feature {names[0]!r} (column 0) is missing, and cancer@1 does not accept "
+        "missing values there",
         f"row 2: feature {names[5]!r} (column 5) is +inf",
         None,
     ]
@@ -179,7 +184,7 @@ def test_bad_values_in_one_submission_get_error_rows_and_good_rows_are_scored(
     assert [results[j].error for j in matrix_ids] == [
         "row 0: column 3 is -inf",
         None,
-        "row 2: column 1 is NaN (missing) (and 2 more non-finite values)",
+        "row 2: column 1 is missing, and reg@1 does not accept missing values there",
         None,
     ]
     expected = regressor_model.model.predict(matrix[[1, 3]])
@@ -332,7 +337,8 @@ def test_model_file_changed_or_deleted_after_registration_is_parked_not_answered
         (lambda p: joblib.dump({"weights": [1, 2]}, p), "adict",
          "it holds a dict, not a scikit-learn estimator or Pipeline"),
         (lambda p: joblib.dump(_fitted_scaler(), p), "scaler",
-         "StandardScaler is neither a classifier nor a regressor (transformers cannot score)"),
+         "StandardScaler is a transformer: it cannot score rows (register a classifier, "
+         "regressor, outlier detector or clusterer)"),
         (lambda p: p.write_text("not a pickle"), "text", "not a readable joblib file"),
         (lambda p: joblib.dump([1], p), SQL, f"invalid model name {SQL!r}"),
     ],

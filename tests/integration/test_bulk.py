@@ -112,7 +112,8 @@ def test_csv_and_parquet_runs_score_every_row_exactly_once(pg_settings, bulk_dat
     errors = rows[rows.status == "error"].set_index("key").error.to_dict()
     assert errors == {
         "c0000010": "row 10: feature 'f5' (column 5) has a non-numeric value 'oops' (text)",
-        "c0000077": "row 77: feature 'f9' (column 9) is NaN (missing)",
+        "c0000077": "row 77: feature 'f9' (column 9) is missing, and cheap@1 does not accept "
+        "missing values there",
         "c0150001": "row 150001: feature 'f5' (column 5) has a non-numeric value 'oops' (text)",
     }
 
@@ -135,7 +136,11 @@ def test_csv_and_parquet_runs_score_every_row_exactly_once(pg_settings, bulk_dat
     assert shown["scored_error"] == 3 and shown["status"] == "done"
     assert shown["errors_by_message"] == [
         {"message": "feature 'f5' (column 5) has a non-numeric value 'oops' (text)", "rows": 2},
-        {"message": "feature 'f9' (column 9) is NaN (missing)", "rows": 1},
+        {
+            "message": "feature 'f9' (column 9) is missing, and cheap@1 does not accept missing "
+            "values there",
+            "rows": 1,
+        },
     ]
     # Re-running a finished run sends nothing and changes nothing.
     code, again, _ = score_cli(pg_settings, "-m", "cheap", "-i", str(folder / "rows.csv"),

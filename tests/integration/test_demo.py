@@ -36,10 +36,10 @@ def _run_demo(env, cwd, rows=2000):
 def _check(summary, rows):
     assert summary["rows"] == rows and summary["ok"] == rows - 2 and summary["errors"] == 2
     assert summary["error_examples"] == [
-        "row 7: feature 'mean radius' (column 0) is NaN (missing)",
-        "row 11: feature 'mean area' (column 3) is +inf",
+        "row 7: feature 'tenure_months' (column 2) has a non-numeric value 'n/a' (text)",
+        "row 11: feature 'monthly_spend' (column 3) is +inf",
     ]
-    assert summary["accuracy"] > 0.9 and summary["rows_per_second"] > 0
+    assert summary["accuracy"] > 0.65 and summary["rows_per_second"] > 0
     assert summary["workers"] and all(w.startswith("demo-") for w in summary["workers"])
 
 
@@ -48,11 +48,11 @@ def test_demo_on_a_bare_environment(tmp_path):
     env["HOME"] = str(tmp_path)
     summary = _run_demo(env, tmp_path)
     _check(summary, 2000)
-    assert summary["model"] == "breast-cancer@1"
+    assert summary["model"] == "churn@1"
     assert (tmp_path / ".inferq" / "inferq.db").is_file()  # embedded SQLite
     assert (tmp_path / ".inferq" / "broker" / "queue").is_dir()  # embedded broker
     # A second run registers the next version and still answers every row.
-    assert _run_demo(env, tmp_path, rows=500)["model"] == "breast-cancer@2"
+    assert _run_demo(env, tmp_path, rows=500)["model"] == "churn@2"
 
 
 @pytest.mark.integration

@@ -9,7 +9,7 @@ import inferq
 from inferq import InferenceClient
 import inferq.common.celery, inferq.common.contract, inferq.common.schema
 import inferq.models.registry
-import inferq.producer.bulk, inferq.producer.sources, inferq.producer.encoding
+import inferq.producer.bulk, inferq.producer.sources, inferq.common.rows.coerce
 heavy = sorted(m for m in ("sklearn", "joblib", "scipy", "inferq.workers") if m in sys.modules)
 assert not heavy, f"producer imported {heavy}"
 print("clean")

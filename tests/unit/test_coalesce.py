@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from inferq.common import inflight
+from inferq.common import contract, inflight
 from inferq.common.contract import Batch
 from inferq.common.errors import EnqueueError
 from inferq.models import registry
@@ -235,13 +235,16 @@ def test_merge_concatenates_rows_keys_and_errors():
     assert coalesce.merge([b, c]).keys is None
 
 
-def test_a_piece_with_non_finite_values_travels_alone():
-    # The worker names such rows by row_offset + position: only a lone piece keeps that right.
+def test_pieces_with_bad_rows_merge_and_keep_their_callers_row_numbers():
+    """Row numbers travel on the wire (common/rows/merge.py): any pieces can share a message,
+    and the worker still names each bad row as its caller knows it."""
     x = np.zeros((3, 2))
-    assert coalesce.mergeable(Batch("m", 1, ["a", "b", "c"], x))
     x[1, 0] = np.nan
-    assert not coalesce.mergeable(Batch("m", 1, ["a", "b", "c"], x))
-    assert coalesce.mergeable(Batch("m", 1, ["a", "b", "c"], x, row_errors={1: "row 1: text"}))
+    a = Batch("m", 1, ["a", "b", "c"], x, row_offset=40)
+    b = Batch("m", 1, ["d"], np.zeros((1, 2)), row_errors={0: "row 0: text"})
+    merged = contract.decode_batch(contract.encode_batch(coalesce.merge([a, b])))
+    assert [merged.row_number(i) for i in range(4)] == [40, 41, 42, 0]
+    assert merged.row_errors == {3: "row 0: text"}
 
 
 def test_lazy_resources_are_created_once_under_concurrency(sqlite_settings, monkeypatch):

@@ -6,6 +6,8 @@ from inferq.common.contract import Batch
 from inferq.models.artifacts import inspect_estimator
 from inferq.workers.inference import ModelInfo, error_batch, score_batch, validate
 
+MISSING = ", and m@1 does not accept missing values there"
+
 
 def info_for(model, name="m", version=1) -> ModelInfo:
     """What a worker knows about ``model`` (the same ModelInfo.of the workers use)."""
@@ -53,9 +55,9 @@ def test_bad_rows_get_messages_and_the_rest_is_scored(regressor_model):
     batch = batch_of(x, row_offset=100, row_errors={5: "row 105: column 1 is missing (None)"})
     scored = score_batch(model, info_for(model), batch)
     assert scored.status == ["ok", "error", "ok", "error", "error", "error"]
-    assert scored.error[1] == "row 101: column 2 is NaN (missing)"
+    assert scored.error[1] == "row 101: column 2 is missing" + MISSING
     assert scored.error[3] == "row 103: column 0 is +inf"
-    assert scored.error[4] == "row 104: column 5 is NaN (missing) (and 1 more non-finite value)"
+    assert scored.error[4] == "row 104: column 5 is missing" + MISSING  # first of two
     assert scored.error[5] == "row 105: column 1 is missing (None)"
     good = x[[0, 2]]
     assert [scored.score[0], scored.score[2]] == model.predict(good).tolist()
@@ -73,7 +75,7 @@ def test_named_features_appear_in_messages(binary_model):
     x = binary_model.x.to_numpy()[:2].copy()
     x[1, 3] = np.nan
     errors = validate(batch_of(x), info_for(binary_model.model))
-    assert errors == {1: "row 1: feature 'mean area' (column 3) is NaN (missing)"}
+    assert errors == {1: "row 1: feature 'mean area' (column 3) is missing" + MISSING}
 
 
 def test_argmax_shortcut_equals_predict_for_forests(multiclass_model):

@@ -35,7 +35,7 @@ def test_merge_keeps_order_keys_errors_and_each_callers_row_numbers():
     assert [merged.row_number(i) for i in range(3)] == [5, 0, 1]
     assert merged.submitted_at == p2.submitted_at
     assert merged.batch_id not in {p1.batch_id, p2.batch_id}
-    with pytest.raises(ValueError, match="one model version and width"):
+    with pytest.raises(ValueError, match="one model version with the same columns"):
         merge_batches([p1, _piece([[1, 2]])])
 
 
@@ -52,4 +52,6 @@ def test_one_call_on_the_merge_equals_scoring_each_message_alone(model):
         assert part.label == alone.label
         np.testing.assert_array_equal(part.scores, alone.scores)
         np.testing.assert_array_equal(part.proba, alone.proba)
-    assert parts[1].errors == {2: "row 9: column 1 is NaN (missing)"}
+    assert parts[1].errors == {
+        2: "row 9: column 1 is missing, and m@1 does not accept missing values there"
+    }

@@ -76,7 +76,7 @@ def test_unfitted_and_transformers_are_refused(engine, sqlite_settings, tmp_path
         registry.register(engine, sqlite_settings.model_store_dir, unfitted, "x")
     scaler = tmp_path / "scaler.joblib"
     joblib.dump(StandardScaler().fit([[1.0], [2.0]]), scaler)
-    with pytest.raises(NotAnEstimator, match="neither a classifier nor a regressor"):
+    with pytest.raises(NotAnEstimator, match="StandardScaler is a transformer: it cannot"):
         registry.register(engine, sqlite_settings.model_store_dir, scaler, "x")
     garbage = tmp_path / "garbage.joblib"
     garbage.write_bytes(b"not a pickle at all")
@@ -120,3 +120,16 @@ def test_parse_ref():
     assert registry.parse_ref("churn") == ("churn", None, "production")
     assert registry.parse_ref("churn@3") == ("churn", 3, None)
     assert registry.parse_ref("churn:staging") == ("churn", None, "staging")
+
+
+def test_versions_registered_before_schemas_are_all_numbers(engine, sqlite_settings, binary_model):
+    from inferq.common.rows.schema import InputSchema
+
+    registry.register(engine, sqlite_settings.model_store_dir, binary_model.path, "cancer")
+    with engine.begin() as conn:  # what a row written before migration 0004 looks like
+        conn.execute(update(model_versions).values(input_schema=None, reference=None))
+    mv = registry.find(engine, "cancer")  # no production alias: the latest version
+    assert mv.input_schema is None and mv.schema_warnings == []
+    assert mv.schema == InputSchema.numeric(30, mv.feature_names)
+    assert mv.schema.named and not any(f.missing for f in mv.schema.features)
+    assert mv.to_json()["input_schema"] is None and "_schema" not in mv.to_json()

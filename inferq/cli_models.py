@@ -1,0 +1,220 @@
+"""`inferq models`: register, list, show and promote model versions."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from inferq.common.errors import InvalidInput
+from inferq.common.settings import get_settings
+
+if TYPE_CHECKING:
+    from inferq.common.rows.schema import InputSchema
+    from inferq.models.registry import ModelVersion
+
+models_app = typer.Typer(
+    help="Register, list, show and promote model versions.", no_args_is_help=True
+)
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+JSON_OPT = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table.")
+_SHORT = {"number": "num", "integer": "int", "boolean": "bool", "category": "cat"}
+_SHOWN_CATEGORIES = 5
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _engine() -> Any:
+    from inferq.common.db import make_engine
+
+    return make_engine(get_settings())
+
+
+def parse_feature_types(values: list[str]) -> dict[str, str]:
+    """``["city=text", "age=int"]`` -> ``{"city": "text", "age": "int"}`` (kinds checked later)."""
+    kinds: dict[str, str] = {}
+    for value in values:
+        name, sep, kind = value.rpartition("=")  # kinds never hold '=', names might
+        if not sep or not name or not kind:
+            raise InvalidInput(f"--feature-type expects NAME=KIND (e.g. city=text), got {value!r}")
+        kinds[name] = kind
+    return kinds
+
+
+def schema_summary(mv: ModelVersion) -> str:
+    """Short schema cell for `models list`: "20: 15 num, 5 cat, 3 missing-ok"."""
+    schema = mv.schema
+    counts: dict[str, int] = {}
+    for f in schema.features:
+        counts[f.kind] = counts.get(f.kind, 0) + 1
+    parts = [f"{n} {_SHORT.get(k, k)}" for k, n in counts.items()]
+    parts.append(f"{sum(f.missing for f in schema.features)} missing-ok")
+    legacy = " (pre-schema)" if mv.input_schema is None else ""
+    return f"{schema.width}: {', '.join(parts)}{legacy}"
+
+
+@models_app.command("register")
+def register(
+    path: Path = typer.Argument(..., help="joblib file of a fitted scikit-learn estimator."),
+    name: str = typer.Option(..., "--name", "-n", help="Model name (letters, digits . _ -)."),
+    alias: str | None = typer.Option(
+        None, "--alias", "-a", help="Also point this alias (e.g. production) at the new version."
+    ),
+    reference: Path | None = typer.Option(
+        None,
+        "--reference",
+        help="CSV or Parquet sample of the model's input: feature kinds from its dtypes, a "
+        "typical row for the missing-value probe; its path and sha256 are recorded.",
+    ),
+    feature_type: list[str] = typer.Option(
+        [],
+        "--feature-type",
+        help="NAME=KIND (number, integer, boolean, category/text); repeatable; overrides.",
+    ),
+    schema: Path | None = typer.Option(
+        None, "--schema", help="JSON schema file (as `models show --json` prints) to use as is."
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Register PATH as the next version of NAME (copied into the store; input schema derived)."""
+    from inferq.models import registry
+
+    kinds = parse_feature_types(feature_type)
+    settings = get_settings()
+    mv = registry.register(
+        _engine(),
+        settings.model_store_dir,
+        path,
+        name,
+        alias,
+        reference=reference,
+        feature_types=kinds or None,
+        schema_file=schema,
+    )
+    for warning in mv.schema_warnings:
+        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}")
+    if as_json:
+        _print_json(mv.to_json())
+        return
+    console.print(
+        f"registered [bold]{mv.ref}[/] ({mv.estimator}, {mv.task}, {mv.n_features} features"
+        f"{', aliases: ' + ', '.join(mv.aliases) if mv.aliases else ''})"
+    )
+    console.print(f"schema: {escape(mv.schema.describe())}")
+    if mv.reference:
+        console.print(f"reference: {escape(_reference_text(mv.reference))}")
+
+
+@models_app.command("list")
+def list_cmd(
+    name: str | None = typer.Argument(None, help="Only this model."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """List registered model versions, their aliases, task and input schema."""
+    from inferq.models import registry
+
+    versions = registry.list_models(_engine(), name)
+    if as_json:
+        _print_json([mv.to_json() for mv in versions])
+        return
+    table = Table("name", "version", "aliases", "estimator", "task", "schema", "sha256", "created")
+    for mv in versions:
+        table.add_row(
+            escape(mv.name),
+            str(mv.version),
+            ", ".join(mv.aliases),
+            mv.estimator,
+            mv.task,
+            schema_summary(mv),
+            mv.sha256[:12],
+            mv.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
+    console.print(table if versions else "no models registered (see `inferq models register`)")
+
+
+@models_app.command("show")
+def show(
+    ref: str = typer.Argument(
+        ..., help="NAME@VERSION, NAME:ALIAS, or NAME (its production version, else the latest)."
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Show one version: its metadata and input schema (kind and missing values per feature)."""
+    from inferq.models import registry
+
+    mv = registry.find(_engine(), ref)
+    if as_json:
+        _print_json({**mv.to_json(), "schema": mv.schema.to_json()})
+        return
+    classes = mv.classes or []
+    rows = [
+        ("version", f"{mv.ref}" + (f"  (aliases: {', '.join(mv.aliases)})" if mv.aliases else "")),
+        ("estimator", f"{mv.estimator} ({mv.task}{', predict_proba' if mv.has_proba else ''})"),
+        ("classes", _first(classes, 10) if classes else "-"),
+        ("artifact", f"{mv.artifact} ({mv.size_bytes:,} bytes, sha256 {mv.sha256[:12]})"),
+        ("scikit-learn", mv.sklearn_version),
+        ("registered", mv.created_at.strftime("%Y-%m-%d %H:%M:%S %Z").strip()),
+        ("schema", f"{mv.schema.describe()} ({_source(mv)})"),
+    ]
+    if mv.reference:
+        rows.append(("reference", _reference_text(mv.reference)))
+    rows.extend(("warning", w) for w in mv.schema_warnings)
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        console.print(f"{key:<{width}}  {escape(value)}", soft_wrap=True)
+    console.print(_schema_table(mv.schema))
+
+
+def _schema_table(schema: InputSchema) -> Table:
+    table = Table("#", "feature", "kind", "missing accepted", "categories")
+    for j, f in enumerate(schema.features):
+        kind = f.kind + (" (pandas category)" if f.pandas_category else "")
+        cats = _first(list(f.categories), _SHOWN_CATEGORIES) if f.categories else ""
+        table.add_row(str(j), escape(f.name), kind, "yes" if f.missing else "no", escape(cats))
+    return table
+
+
+def _first(values: list[str], n: int) -> str:
+    """The first ``n`` values, and how many more there are."""
+    more = f" ... (+{len(values) - n})" if len(values) > n else ""
+    return ", ".join(values[:n]) + more
+
+
+def _source(mv: ModelVersion) -> str:
+    if mv.input_schema is None:
+        return "registered before schemas: all numbers"
+    return {
+        "model": "kinds from the model",
+        "reference": "kinds from the reference sample and the model",
+        "file": "kinds from a schema file",
+    }.get(str(mv.input_schema.get("source")), "recorded at registration")
+
+
+def _reference_text(ref: dict[str, Any]) -> str:
+    return f"{ref.get('path')} ({ref.get('rows')} rows, sha256 {str(ref.get('sha256'))[:12]})"
+
+
+@models_app.command("promote")
+def promote(
+    name: str = typer.Argument(..., help="Model name."),
+    version: int = typer.Argument(..., help="Version to point the alias at."),
+    alias: str = typer.Option("production", "--alias", "-a", help="Alias to move."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Point an alias (default production) of NAME at VERSION."""
+    from inferq.models import registry
+
+    mv = registry.promote(_engine(), name, version, alias)
+    if as_json:
+        _print_json(mv.to_json())
+    else:
+        console.print(f"{name}:{alias} -> [bold]{mv.ref}[/]")
