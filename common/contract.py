@@ -38,6 +38,51 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,199}$")
 MAX_KEY_LEN = 512
 
 
+#: Machine-readable codes of error rows (`predictions.error_code`), beside the message.
+ERROR_CODES = {
+    "invalid_value": "a value the feature cannot take (text in a number, a number or bool "
+    "where a category is expected, another type)",
+    "missing_value": "a missing value where the model accepts none",
+    "non_finite": "+inf or -inf",
+    "text_too_long": "a text longer than the limit",
+    "wrong_shape": "the row or message has other columns than the model (count, kinds)",
+    "bad_row": "the row is not a list or a dict, or a dict lacks features",
+    "missing_id": "the bulk input row has no id",
+    "model_failed": "the model raised on this row",
+    "unknown_model": "the model version is not registered",
+    "message_rejected": "the message breaks the contract",
+    "time_limit": "scoring the message took longer than the time limit",
+    "dead_lettered": "the message was dead-lettered (its worker died on it, or its rows "
+    "could not be written)",
+    "internal": "a bug in inferq while scoring",
+}
+#: Codes of errors that are not the data's fault: `--rescore-errors` scores them again.
+RESCORABLE_CODES = ("time_limit", "dead_lettered", "internal")
+
+
+class RowError(str):
+    """A row's error: the message a person reads (it *is* the str) and a ``code``."""
+
+    code: str
+
+    def __new__(cls, message: str, code: str = "invalid_value") -> RowError:
+        """``RowError("row 3: ...", "missing_value")``."""
+        obj = super().__new__(cls, message)
+        obj.code = code
+        return obj
+
+    def prefixed(self, prefix: str) -> RowError:
+        """The same error with ``prefix`` in front of its message (e.g. "row 7: ")."""
+        return RowError(prefix + self, self.code)
+
+
+def code_of(message: str | None) -> str | None:
+    """The code of an error message (a plain str counts as an invalid value)."""
+    if message is None:
+        return None
+    return getattr(message, "code", "invalid_value")
+
+
 #: Error rows that were not the data's fault: the worker's environment, a crash, a time limit
 #: or a bug (SQL LIKE patterns on `predictions.error`; messages of earlier versions included).
 #: `inferq score --rescore-errors` scores the chunks holding such rows again.
@@ -90,7 +135,7 @@ class Batch:
     job_ids: list[str]
     x: np.ndarray  # (n_rows, n_cols) float64
     keys: list[str | None] | None = None
-    row_errors: dict[int, str] = field(default_factory=dict)
+    row_errors: dict[int, str] = field(default_factory=dict)  # RowError values on the wire
     batch_id: str = field(default_factory=new_id)
     run_id: str | None = None
     submitted_at: float = field(default_factory=time.time)
@@ -156,6 +201,7 @@ def encode_batch(batch: Batch) -> dict[str, Any]:
         "x": x.tobytes(),
         "err_rows": err_rows,
         "err_msgs": [batch.row_errors[i] for i in err_rows],
+        "err_codes": [code_of(batch.row_errors[i]) for i in err_rows],
         "submitted_at": float(batch.submitted_at),
         "row_offset": int(batch.row_offset),
         **typed,
@@ -215,10 +261,14 @@ def decode_batch(payload: dict[str, Any]) -> Batch:
         raise ContractError("keys must be a list with one text (or null) entry per job id")
     err_rows = payload.get("err_rows") or []
     err_msgs = payload.get("err_msgs") or []
-    if len(err_rows) != len(err_msgs) or not all(
-        isinstance(i, int) and 0 <= i < n for i in err_rows
+    err_codes = payload.get("err_codes") or ["invalid_value"] * len(err_msgs)  # before codes
+    if (
+        not isinstance(err_codes, list)
+        or len(err_rows) != len(err_msgs)
+        or len(err_codes) != len(err_msgs)
+        or not all(isinstance(i, int) and 0 <= i < n for i in err_rows)
     ):
-        raise ContractError("err_rows/err_msgs are inconsistent")
+        raise ContractError("err_rows/err_msgs/err_codes are inconsistent")
     version = _require(payload, "version", int)
     run_id = payload.get("run_id")
     submitted_at = payload.get("submitted_at") or time.time()
@@ -239,7 +289,10 @@ def decode_batch(payload: dict[str, Any]) -> Batch:
         job_ids=job_ids,
         x=np.frombuffer(raw, dtype=WIRE_DTYPE).reshape(n, w),
         keys=keys,
-        row_errors=dict(zip(err_rows, (str(m) for m in err_msgs), strict=True)),
+        row_errors={
+            i: RowError(str(m), c if c in ERROR_CODES else "invalid_value")
+            for i, m, c in zip(err_rows, err_msgs, err_codes, strict=True)
+        },
         batch_id=_require(payload, "batch_id", str),
         run_id=run_id if isinstance(run_id, str) else None,
         submitted_at=float(submitted_at),

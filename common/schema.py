@@ -86,6 +86,9 @@ predictions = Table(
     Column("scored_at", TZ, nullable=False),
     Column("worker", Text, nullable=False),
     Column("batch_id", Text, nullable=False),
+    # Machine-readable kind of an error row (contract.ERROR_CODES); NULL on ok rows and on
+    # error rows written before codes existed.
+    Column("error_code", Text, nullable=True),
     Index(None, "model_name", "scored_at"),
     Index(None, "run_id"),
 )

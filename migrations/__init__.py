@@ -51,3 +51,16 @@ def head_revision(settings: Settings) -> str | None:
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(alembic_config(settings)).get_current_head()
+
+
+def known_revision(settings: Settings, revision: str) -> bool:
+    """True when ``revision`` is one of the migrations shipped with this version of inferq."""
+    from alembic.script import ScriptDirectory
+    from alembic.util.exc import CommandError
+
+    try:
+        return (
+            ScriptDirectory.from_config(alembic_config(settings)).get_revision(revision) is not None
+        )
+    except CommandError:
+        return False

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from inferq.common import contract
+from inferq.common.contract import RowError
 from inferq.common.errors import InvalidInput, MissingColumns
 from inferq.common.rows.coerce import to_columns
 from inferq.common.schema import prediction_batches, scoring_run_chunks, scoring_runs
@@ -223,7 +224,10 @@ class BulkScorer(RunTracker):
         cols = to_columns(piece[run.feature_columns], schema, run.mv.ref, offset=first_row)
         x, errors = cols.x, cols.errors
         for i in np.flatnonzero(missing_id).tolist():
-            errors.setdefault(i, f"row {first_row + i}: id column {run.id_column!r} is empty")
+            errors.setdefault(
+                i, RowError(f"row {first_row + i}: id column {run.id_column!r} is empty",
+                            "missing_id")
+            )  # fmt: skip
         return contract.Batch(
             model=run.mv.name,
             version=run.mv.version,

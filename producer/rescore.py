@@ -25,10 +25,11 @@ from sqlalchemy import func, or_, select
 
 
 def rescorable_filter() -> object:
-    """SQL condition: an error row that was not the data's fault (contract.RESCORABLE_ERRORS)."""
-    return (predictions.c.status == "error") & or_(
-        *(predictions.c.error.like(pattern) for pattern in contract.RESCORABLE_ERRORS)
-    )
+    """SQL condition: an error row that was not the data's fault — by its code, or, for rows
+    written before error codes, by its message (contract.RESCORABLE_ERRORS)."""
+    c = predictions.c
+    legacy = c.error_code.is_(None) & or_(*(c.error.like(p) for p in contract.RESCORABLE_ERRORS))
+    return (c.status == "error") & or_(c.error_code.in_(contract.RESCORABLE_CODES), legacy)
 
 
 def chunk_of(run_id: str, batch_id: str) -> int | None:

@@ -33,6 +33,8 @@ class Result:
     worker: str | None = None
     submitted_at: dt.datetime | None = None
     scored_at: dt.datetime | None = None
+    #: Machine-readable kind of an error (contract.ERROR_CODES); None for ok rows.
+    error_code: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -69,6 +71,7 @@ def row_to_result(row: Any) -> Result:
         worker=m["worker"],
         submitted_at=m["submitted_at"],
         scored_at=m["scored_at"],
+        error_code=m.get("error_code"),
     )
 
 

@@ -15,7 +15,7 @@ from celery.signals import worker_init, worker_process_init, worker_ready
 from inferq.common import inflight
 from inferq.common.celery import create_celery
 from inferq.common.errors import SchemaNotReady
-from inferq.common.failures import one_line, translate
+from inferq.common.failures import mask_url, one_line, translate
 from inferq.workers import runtime
 from inferq.workers.parking import ParkClaimer, node_queue
 from inferq.workers.preload import WorkerRuntime, limit_threads
@@ -44,6 +44,9 @@ def _preload_models(sender: Any = None, **_: Any) -> None:
         # Claimed parked messages come through a queue only this worker consumes.
         sender.app.amqp.queues.select_add(node_queue(sender.hostname))
     try:
+        behind = schema_behind(rt.settings)
+        if behind:  # it would write rows the tables cannot take: every batch dead-lettered
+            raise SchemaNotReady(mask_url(rt.settings.effective_database_url), behind)
         rt.preload()
     except Exception as exc:
         problem = translate(exc, rt.settings)
@@ -62,6 +65,22 @@ def _preload_models(sender: Any = None, **_: Any) -> None:
         sys.stderr.write(f"inferq worker: refusing to start: {refuse}\n")
         raise SystemExit(3)
     rt.health.forget_connection()  # IMPORTANT: children must not share the parent's socket
+
+
+def schema_behind(settings: Any) -> str | None:
+    """Why the results database is older than this worker's code (None: it is not).
+
+    A database *ahead* of the code (a newer inferq ran `inferq db upgrade` first, as the
+    upgrade order says) is fine: migrations only add what older code does not use.
+    """
+    from inferq import migrations
+
+    current, head = migrations.current_revision(settings), migrations.head_revision(settings)
+    if current == head or (
+        current is not None and not migrations.known_revision(settings, current)
+    ):
+        return None
+    return f"it is at migration {current or 'none'}, this worker needs {head}"
 
 
 def refuse_to_start(policy: str, served: list[str], unservable: list[str]) -> str | None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from inferq.common.contract import Batch
+from inferq.common.contract import Batch, RowError
 from inferq.common.rows import model_input as mi
 from inferq.common.rows.schema import InputSchema
 
@@ -162,21 +162,22 @@ def validate(batch: Batch, info: ModelInfo) -> dict[int, str]:
     )
     if problem:
         for i in range(batch.n_rows):
-            errors.setdefault(i, f"row {batch.row_number(i)}: {problem}")
+            errors.setdefault(i, RowError(f"row {batch.row_number(i)}: {problem}", "wrong_shape"))
         return errors
     return mi.validate(info.schema, batch.x, batch.text, batch.row_number, info.ref, errors)
 
 
 def error_batch(
-    batch: Batch, message: str, name: str | None = None, version: int = 0
-) -> ScoredBatch:
-    """Every row of ``batch`` answered with the same error (unknown model, load refused...)."""
+    batch: Batch, message: str, name: str | None = None, version: int = 0,
+    code: str = "internal",
+) -> ScoredBatch:  # fmt: skip
+    """Every row of ``batch`` answered with the same error (unknown model, time limit...)."""
     return ScoredBatch(
         batch=batch,
         model_name=name or batch.model,
         model_version=version or batch.version,
         ok=np.zeros(batch.n_rows, dtype=bool),
-        errors=dict.fromkeys(range(batch.n_rows), message),
+        errors=dict.fromkeys(range(batch.n_rows), RowError(message, code)),
     )
 
 
@@ -290,7 +291,9 @@ def _isolate_failures(
         nonlocal failed_singles
         if failed_singles >= MAX_ROW_PROBES and not good:
             for i in sub.tolist():
-                errors[i] = f"row {batch.row_number(i)}: the model failed ({why(first)})"
+                errors[i] = RowError(
+                    f"row {batch.row_number(i)}: the model failed ({why(first)})", "model_failed"
+                )
             return
         try:
             out = _checked_predict(model, info, model_input(batch, info, sub))
@@ -300,7 +303,10 @@ def _isolate_failures(
             if len(sub) == 1:
                 failed_singles += 1
                 i = int(sub[0])
-                errors[i] = f"row {batch.row_number(i)}: the model failed on this row ({why(exc)})"
+                errors[i] = RowError(
+                    f"row {batch.row_number(i)}: the model failed on this row ({why(exc)})",
+                    "model_failed",
+                )
                 return
             mid = len(sub) // 2
             visit(sub[:mid])

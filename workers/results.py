@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from inferq.common.contract import code_of
 from inferq.common.schema import dead_letters, prediction_batches, predictions
 from inferq.workers.inference import ScoredBatch
 from sqlalchemy import Connection, Engine, insert, update
@@ -34,7 +35,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 COLUMNS = (
     "job_id", "run_id", "key", "model_name", "model_version", "status", "label", "score",
-    "probabilities", "error", "submitted_at", "scored_at", "worker", "batch_id",
+    "probabilities", "error", "submitted_at", "scored_at", "worker", "batch_id", "error_code",
 )  # fmt: skip
 _COPY_SQL = f"COPY {{table}} ({', '.join(COLUMNS)}) FROM STDIN"
 _STAGE = "inferq_stage_predictions"
@@ -134,17 +135,20 @@ def copy_payload(scored: ScoredBatch, worker: str, now: dt.datetime) -> str:
     else:
         labels = _text_column(scored.labels if all_ok else scored.label)
     probs, scores = _proba_and_score_columns(scored)
-    errors = (
-        _text_column([scored.errors.get(i) for i in range(n)]) if scored.errors else [_NULL] * n
-    )
+    if scored.errors:
+        messages = [scored.errors.get(i) for i in range(n)]
+        errors = _text_column(messages)
+        codes = [_NULL if m is None else code_of(m) or _NULL for m in messages]
+    else:
+        errors = codes = [_NULL] * n
     submitted = dt.datetime.fromtimestamp(b.submitted_at, dt.UTC).isoformat()
     run = _esc(b.run_id) if b.run_id else _NULL
     middle = f"\t{_esc(scored.model_name)}\t{scored.model_version}\t"
-    tail = f"\t{submitted}\t{now.isoformat()}\t{_esc(worker)}\t{_esc(b.batch_id)}\n"
+    tail = f"\t{submitted}\t{now.isoformat()}\t{_esc(worker)}\t{_esc(b.batch_id)}\t"
     return "".join(
-        f"{i}\t{run}\t{k}{middle}{st}\t{lb}\t{sc}\t{pr}\t{er}{tail}"
-        for i, k, st, lb, sc, pr, er in zip(
-            ids, keys, status, labels, scores, probs, errors, strict=True
+        f"{i}\t{run}\t{k}{middle}{st}\t{lb}\t{sc}\t{pr}\t{er}{tail}{cd}\n"
+        for i, k, st, lb, sc, pr, er, cd in zip(
+            ids, keys, status, labels, scores, probs, errors, codes, strict=True
         )
     )
 
@@ -272,7 +276,7 @@ def _write_sqlite(
         {"job_id": j, "run_id": b.run_id, "key": k, "model_name": scored.model_name,
          "model_version": scored.model_version, "status": st, "label": lb, "score": sc,
          "probabilities": pr, "error": er, "submitted_at": submitted, "scored_at": now,
-         "worker": worker, "batch_id": b.batch_id}
+         "worker": worker, "batch_id": b.batch_id, "error_code": code_of(er)}
         for j, k, st, lb, sc, pr, er in zip(b.job_ids, keys, scored.status, scored.label,
                                             scored.score, scored.probabilities, scored.error,
                                             strict=True)

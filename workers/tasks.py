@@ -84,7 +84,9 @@ def score_message(batch: contract.Batch, soft_limit: int) -> ScoredBatch:
         if _transient(exc):
             raise TransientError(f"registry unavailable: {exc}") from exc
         log.error("batch %s: cannot serve model: %s", batch.batch_id, exc)
-        return error_batch(batch, f"model {batch.model}@{batch.version} unavailable: {exc}")
+        return error_batch(
+            batch, f"model {batch.model}@{batch.version} unavailable: {exc}", code="unknown_model"
+        )
     try:
         return score_batch(loaded.estimator, loaded.info, batch, reraise=(SoftTimeLimitExceeded,))
     except SoftTimeLimitExceeded:
@@ -94,10 +96,13 @@ def score_message(batch: contract.Batch, soft_limit: int) -> ScoredBatch:
             batch,
             f"scoring took longer than the time limit ({soft_limit} s); send smaller "
             "batches or raise INFERQ_TASK_TIME_LIMIT",
+            code="time_limit",
         )
     except Exception as exc:  # a bug on our side: still answer every job
         log.exception("batch %s: unexpected error while scoring", batch.batch_id)
-        return error_batch(batch, f"internal error while scoring: {type(exc).__name__}: {exc}")
+        return error_batch(
+            batch, f"internal error while scoring: {type(exc).__name__}: {exc}", code="internal"
+        )
 
 
 def _malformed(payload: dict[str, Any], exc: ContractError) -> ScoredBatch:
@@ -110,7 +115,7 @@ def _malformed(payload: dict[str, Any], exc: ContractError) -> ScoredBatch:
         x=np.zeros((len(job_ids), 0)),
         batch_id=str(payload.get("batch_id") or contract.new_id()),
     )
-    return error_batch(batch, f"message rejected: {exc}")
+    return error_batch(batch, f"message rejected: {exc}", code="message_rejected")
 
 
 @shared_task(
@@ -161,7 +166,9 @@ def _dead_letter(self: Any, payload: dict[str, Any], deliveries: int) -> dict[st
     write_dead_letter(engine, payload, deliveries, reason)
     try:
         batch = contract.decode_batch(payload)
-        scored = error_batch(batch, f"dead-lettered: {reason} (see table dead_letters)")
+        scored = error_batch(
+            batch, f"dead-lettered: {reason} (see table dead_letters)", code="dead_lettered"
+        )
     except ContractError as exc:
         scored = _malformed(payload, exc)
     worker = worker_name(self.request.hostname)
@@ -226,7 +233,9 @@ def _unwritable(
         log.error("batch %s: dead letter failed too (%s); requeued", scored.batch.batch_id, dl_exc)
         raise _requeue(self, exc) from exc
     log.error("batch %s dead-lettered: %s", scored.batch.batch_id, reason)
-    answer = error_batch(scored.batch, f"dead-lettered: {reason} (see table dead_letters)")
+    answer = error_batch(
+        scored.batch, f"dead-lettered: {reason} (see table dead_letters)", code="dead_lettered"
+    )
     try:  # the same cause may refuse these too; the dead letter already holds the rows
         report = write_results(engine, answer, worker, received_at=time.time(), decode_ms=0.0)
     except Exception as write_exc:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from inferq.common.contract import RowError
 from inferq.common.errors import InvalidInput, MissingColumns
 from inferq.common.rows.schema import Feature, InputSchema
 
@@ -44,7 +45,7 @@ class Columns:
 
     x: np.ndarray  # (rows, numeric features) float64, NaN = missing
     text: list[list[str | None]] | None  # one list per category feature, or None
-    errors: dict[int, str]  # row index -> message (rows the worker answers with an error)
+    errors: dict[int, str]  # row index -> RowError (rows the worker answers with an error)
 
     @property
     def n_rows(self) -> int:
@@ -69,54 +70,68 @@ def _shown(value: str) -> str:
     return repr(value if len(value) <= 40 else value[:37] + "...")
 
 
-def number_problem(value: Any) -> str | None:
+def number_problem(value: Any) -> RowError | None:
     """Why ``value`` cannot be a number feature's value (None: it can, missing included)."""
     if type(value) in _NUMBER_TYPES or _missing(value):
         return None
     if isinstance(value, str):
-        return f"has a non-numeric value {_shown(value)} (text)"
+        return RowError(f"has a non-numeric value {_shown(value)} (text)")
     if isinstance(value, int | float) and not isinstance(value, complex):
         return None
-    return f"has a value of type {type(value).__name__}, not a number"
+    return RowError(f"has a value of type {type(value).__name__}, not a number")
 
 
-def as_text(value: Any) -> tuple[str | None, str | None]:
+def as_text(value: Any) -> tuple[str | None, RowError | None]:
     """(text or None for missing, problem) for a category feature's value."""
     if isinstance(value, str):
         if len(value) > MAX_TEXT_CHARS:
-            return None, f"has a text of {len(value):,} characters (limit {MAX_TEXT_CHARS:,})"
+            return None, RowError(
+                f"has a text of {len(value):,} characters (limit {MAX_TEXT_CHARS:,})",
+                "text_too_long",
+            )
         return value, None
     if _missing(value):
         return None, None
     if isinstance(value, bool | np.bool_):
-        return None, f"has a boolean {value!r} where a category (text) is expected"
+        return None, RowError(f"has a boolean {value!r} where a category (text) is expected")
     if isinstance(value, int | np.integer):
         return str(int(value)), None
     if isinstance(value, float | np.floating) and math.isfinite(value) and value == int(value):
         return str(int(value)), None
     if isinstance(value, float | np.floating):
-        return None, f"has a number {float(value)!r} where a category (text) is expected"
-    return None, f"has a value of type {type(value).__name__} where a category (text) is expected"
+        return None, RowError(f"has a number {float(value)!r} where a category (text) is expected")
+    return None, RowError(
+        f"has a value of type {type(value).__name__} where a category (text) is expected"
+    )
 
 
-def _row_values(row: Any, schema: InputSchema, n: int) -> tuple[Sequence[Any] | None, str | None]:
+def _row_values(
+    row: Any, schema: InputSchema, n: int
+) -> tuple[Sequence[Any] | None, RowError | None]:
     """The row's values in schema order, or a problem (message without the row prefix)."""
     if isinstance(row, dict):
         if not schema.named:
-            return None, (
+            return None, RowError(
                 "dict rows need a model fitted with feature names; send a list in training "
-                "column order"
+                "column order",
+                "bad_row",
             )
         missing = [name for name in schema.names if name not in row]
         if missing:
-            return None, f"missing feature(s) {', '.join(map(repr, missing[:5]))}"
+            return None, RowError(
+                f"missing feature(s) {', '.join(map(repr, missing[:5]))}", "bad_row"
+            )
         return [row[name] for name in schema.names], None
     if isinstance(row, list | tuple | np.ndarray):
         values = row.tolist() if isinstance(row, np.ndarray) else row
         if len(values) != schema.width:
-            return None, f"expected {schema.width} features, got {len(values)}"
+            return None, RowError(
+                f"expected {schema.width} features, got {len(values)}", "wrong_shape"
+            )
         return values, None
-    return None, f"expected a list of values or a dict, got {type(row).__name__}"
+    return None, RowError(
+        f"expected a list of values or a dict, got {type(row).__name__}", "bad_row"
+    )
 
 
 def _from_rows(rows: Sequence[Any], schema: InputSchema, offset: int) -> Columns:
@@ -134,28 +149,28 @@ def _from_rows(rows: Sequence[Any], schema: InputSchema, offset: int) -> Columns
             x[i] = np.nan
             for col in text:
                 col[i] = None
-            errors[i] = f"row {offset + i}: {problem}"
+            errors[i] = problem.prefixed(f"row {offset + i}: ")
     return Columns(x, text if text else None, errors)
 
 
 def _fill(
     x: np.ndarray, text: list[list[str | None]], i: int, values: Sequence[Any],
     schema: InputSchema, numeric: list[int],
-) -> str | None:  # fmt: skip
+) -> RowError | None:  # fmt: skip
     """Write one row's values; the first problem found (message without the row prefix)."""
     for k, j in enumerate(numeric):
         v = values[j]
         problem = number_problem(v)
         if problem:
-            return f"{label(schema, j)} {problem}"
+            return problem.prefixed(f"{label(schema, j)} ")
         try:
             x[i, k] = np.nan if _missing(v) else float(v)
         except (TypeError, ValueError, OverflowError) as exc:
-            return f"{label(schema, j)} cannot be read as a number ({exc})"
+            return RowError(f"{label(schema, j)} cannot be read as a number ({exc})")
     for k, j in enumerate(schema.text_positions):
         value, problem = as_text(values[j])
         if problem:
-            return f"{label(schema, j)} {problem}"
+            return problem.prefixed(f"{label(schema, j)} ")
         text[k][i] = value
     return None
 
@@ -172,7 +187,7 @@ def _text_column(
         value, problem = as_text(v)
         out[i] = value
         if problem and i not in errors:
-            errors[i] = f"row {offset + i}: {label(schema, j)} {problem}"
+            errors[i] = problem.prefixed(f"row {offset + i}: {label(schema, j)} ")
     return out
 
 
@@ -198,9 +213,9 @@ def _number_column(
                 out[i] = float(v)
                 continue
             except (TypeError, ValueError, OverflowError) as exc:
-                problem = f"cannot be read as a number ({exc})"
+                problem = RowError(f"cannot be read as a number ({exc})")
         if problem is not None:
-            errors.setdefault(i, f"row {offset + i}: {label(schema, j)} {problem}")
+            errors.setdefault(i, problem.prefixed(f"row {offset + i}: {label(schema, j)} "))
     return out
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from inferq.common.contract import RowError
 from inferq.common.rows.coerce import MAX_TEXT_CHARS, label
 from inferq.common.rows.schema import InputSchema
 
@@ -65,9 +66,10 @@ def validate(
             value = x[i, k]
             if np.isnan(value):
                 why = f"is missing, and {model} does not accept missing values there"
+                code = "missing_value"
             else:
-                why = "is +inf" if value > 0 else "is -inf"
-            errors[i] = f"row {row_number(i)}: {label(schema, j)} {why}"
+                why, code = ("is +inf" if value > 0 else "is -inf"), "non_finite"
+            errors[i] = RowError(f"row {row_number(i)}: {label(schema, j)} {why}", code)
     for k, j in enumerate(schema.text_positions):
         if text is None:
             break
@@ -76,15 +78,17 @@ def validate(
         if not feature.missing and None in column:
             for i, v in enumerate(column):
                 if v is None and i not in errors:
-                    errors[i] = (
+                    errors[i] = RowError(
                         f"row {row_number(i)}: {label(schema, j)} is missing, and {model} "
-                        "does not accept missing values there"
+                        "does not accept missing values there",
+                        "missing_value",
                     )
         for i, v in enumerate(column):
             if v is not None and len(v) > MAX_TEXT_CHARS and i not in errors:
-                errors[i] = (
+                errors[i] = RowError(
                     f"row {row_number(i)}: {label(schema, j)} has a text of {len(v):,} "
-                    f"characters (limit {MAX_TEXT_CHARS:,})"
+                    f"characters (limit {MAX_TEXT_CHARS:,})",
+                    "text_too_long",
                 )
     return errors
 

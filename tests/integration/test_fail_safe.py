@@ -225,3 +225,13 @@ def test_a_worker_on_a_database_never_upgraded_refuses_to_start(pg_url, redis_ur
     assert code == 2, out[-2000:]
     assert "refusing to start: the database at" in out and "run `inferq db upgrade`" in out
     assert "Traceback" not in out
+
+    # Upgraded, but not to the migration this worker's code writes to: refused the same way
+    # (it would dead-letter every batch), naming both revisions.
+    from inferq import migrations
+
+    migrations.upgrade(settings, "0004")
+    code, out = _start_refused(settings, tmp_path / "behind.log")
+    assert code == 2, out[-2000:]
+    head = migrations.head_revision(settings)
+    assert f"it is at migration 0004, this worker needs {head}" in out

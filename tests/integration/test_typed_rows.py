@@ -154,7 +154,7 @@ def test_every_kind_of_predictor_is_served_exactly(pg_settings, tmp_path, start_
     engine.dispose()
 
 
-def test_mixed_type_bulk_runs_from_csv_and_parquet(pg_settings, tmp_path, start_worker):
+def test_mixed_type_bulk_runs_from_csv_parquet_and_sql(pg_settings, tmp_path, start_worker):
     engine = make_engine(pg_settings)
     models = fitted_models(tmp_path)
     registry.register(engine, pg_settings.model_store_dir, tmp_path / "mixed.joblib", "mixed",
@@ -166,12 +166,14 @@ def test_mixed_type_bulk_runs_from_csv_and_parquet(pg_settings, tmp_path, start_
     csv = frame.astype({"age": object})
     csv.loc[5, "age"] = "unknown"  # text in a number column: that row's error
     csv.to_csv(tmp_path / "rows.csv", index=False)
+    frame.astype({"plan": object}).to_sql("customers", engine, index=False)  # SQL: text columns
     start_worker(pg_settings, concurrency=2)
     env = settings_env(pg_settings)
-    for kind in ("csv", "parquet"):
-        argv = [sys.executable, "-m", "inferq", "score", "-m", "mixed", "-i",
-                str(tmp_path / f"rows.{kind}"), "--id-column", "id", "--run-id", kind,
-                "--chunk-size", "700", "--json"]  # fmt: skip
+    for kind in ("csv", "parquet", "sql"):
+        source = ["--sql", "SELECT * FROM customers"] if kind == "sql" else [
+            "-i", str(tmp_path / f"rows.{kind}")]  # fmt: skip
+        argv = [sys.executable, "-m", "inferq", "score", "-m", "mixed", *source,
+                "--id-column", "id", "--run-id", kind, "--chunk-size", "700", "--json"]  # fmt: skip
         out = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr
         summary = json.loads(out.stdout)
@@ -199,7 +201,7 @@ def test_mixed_type_bulk_runs_from_csv_and_parquet(pg_settings, tmp_path, start_
         again = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True)
         assert again.returncode == 0 and "already complete" not in again.stdout
     with engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(predictions)).scalar() == 5000
+        assert conn.execute(select(func.count()).select_from(predictions)).scalar() == 7500
     engine.dispose()
 
 
@@ -252,5 +254,12 @@ def test_hostile_typed_messages_get_error_rows_and_the_worker_keeps_serving(
     assert all(r.startswith("row ") and "expected 5 features (2 text), got 3 (0 text)" in r
                for r in reasons["numbers only"])  # fmt: skip
     assert all(results[j].ok for j in fine)
+    codes = {name: {results[j].error_code for j in ids if not results[j].ok}
+             for name, ids in sent.items()}  # fmt: skip
+    assert codes == {
+        "truncated": {"message_rejected"}, "wrong type": {"message_rejected"},
+        "10 MB string": {"text_too_long"}, "lying width": {"message_rejected"},
+        "lying positions": {"wrong_shape"}, "numbers only": {"wrong_shape"},
+    }  # fmt: skip
     assert worker.proc.poll() is None and mv.ref == "mixed@1"
     engine.dispose()

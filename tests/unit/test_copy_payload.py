@@ -5,7 +5,7 @@ import json
 import re
 
 import numpy as np
-from inferq.common.contract import Batch
+from inferq.common.contract import Batch, RowError
 from inferq.workers.inference import ScoredBatch
 from inferq.workers.results import COLUMNS, copy_payload
 
@@ -30,7 +30,8 @@ def test_payload_round_trips_text_floats_json_and_nulls():
                   keys=["k\n1", None, "k3"], run_id="r\\1")  # fmt: skip
     scored = ScoredBatch(
         batch=batch, model_name="m", model_version=3, ok=np.array([True, False, True]),
-        errors={1: "row 1: feature 'x'\tis NaN"}, labels=["plain", None, classes[0]],
+        errors={1: RowError("row 1: feature 'x'\tis NaN", "missing_value")},
+        labels=["plain", None, classes[0]],
         scores=np.array([0.7, np.nan, 1 / 3]), proba=proba, classes=classes,
     )  # fmt: skip
     rows = parse(copy_payload(scored, "w:1", dt.datetime.now(dt.UTC)))
@@ -39,6 +40,7 @@ def test_payload_round_trips_text_floats_json_and_nulls():
     assert [r["status"] for r in rows] == ["ok", "error", "ok"]
     assert [r["label"] for r in rows] == ["plain", None, "a\tb"]
     assert [r["error"] for r in rows] == [None, "row 1: feature 'x'\tis NaN", None]
+    assert [r["error_code"] for r in rows] == [None, "missing_value", None]
     assert rows[1]["score"] is None and rows[1]["probabilities"] is None
     assert float(rows[2]["score"]) == 1 / 3  # exact
     doc = json.loads(rows[0]["probabilities"])

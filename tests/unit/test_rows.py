@@ -203,6 +203,11 @@ def test_missing_values_only_where_the_model_accepts_them():
     assert batch.text is not None
     batch.text[1][1] = None  # plan: missing not accepted
     errors = validate(MIXED, batch.x, batch.text, batch.row_number, "m@1", {})
+    assert {i: e.code for i, e in errors.items()} == {  # type: ignore[attr-defined]
+        1: "missing_value",
+        2: "missing_value",
+        3: "non_finite",
+    }
     assert errors == {
         1: "row 1: feature 'plan' (column 3) is missing, and m@1 does not accept missing "
         "values there",
@@ -240,3 +245,38 @@ def test_one_merge_keeps_each_rows_number_for_its_caller_on_the_wire():
     assert merge([a]) is a
     with pytest.raises(ValueError, match="same columns"):
         merge([a, contract.Batch("m", 1, ["z"], np.zeros((1, 3)))])
+
+
+# ----- error codes -----------------------------------------------------------------------
+def test_every_row_error_carries_a_code_beside_its_message_on_the_wire():
+    cols = to_columns(
+        [[1, "lyon", "x", "free", 0], [1, 2.5, 1.0, "free", 0], [1], "?",
+         [1, "y" * (MAX_TEXT_CHARS + 1), 1.0, "free", 1]],
+        MIXED,
+    )  # fmt: skip
+    assert {i: e.code for i, e in cols.errors.items()} == {
+        0: "invalid_value", 1: "invalid_value", 2: "wrong_shape", 3: "bad_row",
+        4: "text_too_long",
+    }  # fmt: skip
+    batch = contract.Batch("m", 1, [f"j{i}" for i in range(5)], cols.x, row_errors=cols.errors,
+                           text=cols.text, text_positions=(1, 3), width=5)  # fmt: skip
+    back = contract.decode_batch(contract.encode_batch(batch))
+    assert back.row_errors == cols.errors  # the messages, as before
+    assert {i: e.code for i, e in back.row_errors.items()} == {
+        i: e.code for i, e in cols.errors.items()
+    }
+    # the worker keeps the producer's errors (and codes) and adds its own
+    assert validate(MIXED, back.x, back.text, back.row_number, "m@1", dict(back.row_errors)) \
+        == cols.errors  # fmt: skip
+
+
+def test_a_message_from_before_codes_gets_invalid_value():
+    payload = contract.encode_batch(
+        contract.Batch("m", 1, ["a"], np.zeros((1, 3)), row_errors={0: "row 0: text"})
+    )
+    del payload["err_codes"]
+    (error,) = contract.decode_batch(payload).row_errors.values()
+    assert error == "row 0: text" and error.code == "invalid_value"
+    payload["err_codes"] = ["no-such-code"]
+    (error,) = contract.decode_batch(payload).row_errors.values()
+    assert error.code == "invalid_value"
