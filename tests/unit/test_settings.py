@@ -2,7 +2,7 @@
 
 import pytest
 from inferq.common.celery import celery_config
-from inferq.common.settings import get_settings
+from inferq.common.settings import Settings, get_settings
 from pydantic import ValidationError
 
 
@@ -65,3 +65,16 @@ def test_per_model_batching_overrides_parse_and_bad_ones_are_refused():
     for bad in ("forest=abc", "forest=0/2", "=5/1"):
         with pytest.raises(ValidationError, match="INFERQ_ONLINE_BATCHING"):
             get_settings(online_batching=bad)
+
+
+def test_readme_documents_every_setting():
+    """Everything a user needs is in README.md: every INFERQ_* setting is in its table."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [
+        f"INFERQ_{name.upper()}"
+        for name in Settings.model_fields
+        if f"`INFERQ_{name.upper()}`" not in readme
+    ]
+    assert missing == []
