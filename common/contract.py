@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,11 +113,6 @@ def check_job_id(value: str) -> str:
             "use 1-200 letters, digits or . _ : @ / + = -, starting with a letter or digit",
         )
     return value
-
-
-def feature_label(j: int, names: Sequence[str] | None) -> str:
-    """How error messages name column ``j``: "feature 'age' (column 3)" or "column 3"."""
-    return f"feature {names[j]!r} (column {j})" if names and j < len(names) else f"column {j}"
 
 
 def new_id() -> str:

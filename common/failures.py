@@ -121,15 +121,8 @@ def boundary(method: F) -> F:
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
+        with translated(getattr(self, "settings", None)):
             return method(self, *args, **kwargs)
-        except InferqError:
-            raise
-        except Exception as exc:
-            new = translate(exc, getattr(self, "settings", None))
-            if new is None:
-                raise
-            raise new from exc
 
     return cast(F, wrapper)
 

@@ -180,7 +180,9 @@ class Settings(BaseSettings):
     )
     debug: bool = Field(
         default=False,
-        description="CLI: print the traceback with a one-line error (same as `inferq --debug`).",
+        description="CLI: print the traceback with a one-line error (same as `inferq --debug`). "
+        "Read by the CLI from the environment itself (settings may be what failed); declared "
+        "here so that it is documented and not warned about as unknown.",
     )
     flower_basic_auth: SecretStr | None = Field(
         default=None,

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from inferq.cli_models import models_app
+from inferq.cli_models import JSON_OPT, models_app, print_json
 from inferq.common.errors import UnknownSettingWarning
 from inferq.common.failures import mask_url
 from inferq.common.settings import Settings, get_settings
@@ -32,7 +32,6 @@ app.add_typer(db_app, name="db")
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # one line per error, for logs
 
-JSON_OPT = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table.")
 _state = {"debug": False}  # set by the global --debug option, read by main()
 _default_showwarning = warnings.showwarning
 
@@ -57,10 +56,6 @@ def _global_options(
     _state["debug"] = debug
 
 
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
 # ----- db --------------------------------------------------------------------------------
 @db_app.command("upgrade")
 def db_upgrade(
@@ -83,7 +78,7 @@ def db_current(as_json: bool = JSON_OPT) -> None:
     current, head = migrations.current_revision(settings), migrations.head_revision(settings)
     data = {"current": current, "head": head, "up_to_date": current == head}
     if as_json:
-        _print_json(data)
+        print_json(data)
     else:
         console.print(f"current: {data['current']}  head: {data['head']}")
 
@@ -147,7 +142,7 @@ def demo(
         get_settings(), rows=rows, concurrency=concurrency, timeout=timeout, quiet=as_json
     )
     if as_json:
-        _print_json(summary)
+        print_json(summary)
 
 
 @app.command("config")
@@ -170,7 +165,7 @@ def config(as_json: bool = JSON_OPT) -> None:
         "from_environment": from_env,
     }
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     width = max(map(len, values))
     for var, value in values.items():

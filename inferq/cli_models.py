@@ -29,14 +29,14 @@ _SHORT = {"number": "num", "integer": "int", "boolean": "bool", "category": "cat
 _SHOWN_CATEGORIES = 5
 
 
-def _print_json(data: Any) -> None:
+def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def _engine() -> Any:
+def _engine(settings: Any = None) -> Any:
     from inferq.common.db import make_engine
 
-    return make_engine(get_settings())
+    return make_engine(settings or get_settings())
 
 
 def parse_feature_types(values: list[str]) -> dict[str, str]:
@@ -91,7 +91,7 @@ def register(
     kinds = parse_feature_types(feature_type)
     settings = get_settings()
     mv = registry.register(
-        _engine(),
+        _engine(settings),
         settings.model_store_dir,
         path,
         name,
@@ -103,7 +103,7 @@ def register(
     for warning in mv.schema_warnings:
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}")
     if as_json:
-        _print_json(mv.to_json())
+        print_json(mv.to_json())
         return
     console.print(
         f"registered [bold]{mv.ref}[/] ({mv.estimator}, {mv.task}, {mv.n_features} features"
@@ -124,7 +124,7 @@ def list_cmd(
 
     versions = registry.list_models(_engine(), name)
     if as_json:
-        _print_json([mv.to_json() for mv in versions])
+        print_json([mv.to_json() for mv in versions])
         return
     table = Table("name", "version", "aliases", "estimator", "task", "schema", "sha256", "created")
     for mv in versions:
@@ -153,7 +153,7 @@ def show(
 
     mv = registry.find(_engine(), ref)
     if as_json:
-        _print_json({**mv.to_json(), "schema": mv.schema.to_json()})
+        print_json({**mv.to_json(), "schema": mv.schema.to_json()})
         return
     classes = mv.classes or []
     rows = [
@@ -215,6 +215,6 @@ def promote(
 
     mv = registry.promote(_engine(), name, version, alias)
     if as_json:
-        _print_json(mv.to_json())
+        print_json(mv.to_json())
     else:
         console.print(f"{name}:{alias} -> [bold]{mv.ref}[/]")

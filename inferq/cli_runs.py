@@ -89,13 +89,13 @@ def score(
     from inferq.producer import InferenceClient
     from inferq.producer.sources import open_source
 
+    if rescore_errors and not run_id:
+        raise typer.BadParameter("--rescore-errors needs the --run-id of a finished run")
     settings = get_settings()
     client = InferenceClient(settings)
     try:
         source = open_source(input_path, sql, source_url, settings.effective_database_url)
         try:
-            if rescore_errors and not run_id:
-                raise typer.BadParameter("--rescore-errors needs the --run-id of a finished run")
             code, result, errors = _run(client, source, model, id_column, run_id, chunk_size,
                                         max_error_rate, wait, timeout, as_json,
                                         rescore_errors)  # fmt: skip

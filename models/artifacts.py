@@ -26,14 +26,13 @@ def sha256_file(path: Path) -> str:
 
 
 #: What a registered version does with a row: its `model_versions.task`.
-TASKS = ("classifier", "regressor", "outlier", "cluster")
 
 
 @dataclass(frozen=True, slots=True)
 class EstimatorInfo:
     """What the registry records about a fitted estimator."""
 
-    task: str  # one of TASKS
+    task: str  # classifier | regressor | outlier | cluster
     estimator: str
     #: Labels as text: classifier classes, "-1"/"1" for outlier detectors, cluster ids.
     classes: list[str] | None

@@ -252,25 +252,15 @@ def _value(feature: Feature, value: Any) -> Any:
 
 
 def probe_input(schema: InputSchema, row: list[Any]) -> Any:
-    """One row as the worker gives it to the model (None = missing: NaN, never pd.NA)."""
+    """One row built by the worker's own code (common/rows/model_input.py; None = missing)."""
     import numpy as np
-    import pandas as pd
+    from inferq.common.rows.model_input import model_input
 
-    if not schema.named:  # fitted on an array: a float one, or an object one with text
-        values = [np.nan if v is None else v for v in row]
-        return np.array([values], dtype=object if schema.needs_frame else float)
-    data: dict[str, Any] = {}
-    for f, v in zip(schema.features, row, strict=True):
-        if f.is_text:
-            data[f.name] = np.array([np.nan if v is None else v], dtype=object)
-        else:
-            data[f.name] = np.array([np.nan if v is None else v], dtype=float)
-        if f.pandas_category:
-            cats: list[Any] = list(f.categories or [])
-            if not f.is_text:
-                cats = [float(c) for c in cats]
-            data[f.name] = pd.Categorical(data[f.name], categories=cats)
-    return pd.DataFrame(data, columns=schema.names)
+    x = np.array(
+        [[np.nan if row[j] is None else row[j] for j in schema.numeric_positions]], dtype=float
+    )
+    text = [[row[j]] for j in schema.text_positions] or None
+    return model_input(schema, x, text, None, array_ok=False)
 
 
 def _predicts(model: Any, schema: InputSchema, row: list[Any]) -> tuple[bool, str]:

@@ -125,7 +125,7 @@ class BrokerProbe:
 
     def parked(self) -> dict[str, int]:
         """Parked messages per model version (workers/parking.py)."""
-        from inferq.workers.parking import counts_by_model
+        from inferq.workers.health import counts_by_model
 
         return counts_by_model(self._client)
 

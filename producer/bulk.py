@@ -243,26 +243,31 @@ class BulkScorer(RunTracker):
             width=schema.width if cols.text is not None else None,
         )
 
+    @staticmethod
+    def pieces(run: Run) -> Iterator[tuple[int, int, pd.DataFrame]]:
+        """(chunk number, first input row, rows) of every chunk of the run's input, in order:
+        chunk k is always the same rows (read in blocks of ~50,000 rows)."""
+        read_rows = max(run.chunk_size, (50_000 // run.chunk_size) * run.chunk_size)
+        frames = run.source.chunks(
+            read_rows, [run.id_column, *run.feature_columns], run.id_column, text_columns(run)
+        )
+        first_row = 0
+        for chunk_no, piece in enumerate(rechunk(frames, run.chunk_size)):
+            yield chunk_no, first_row, piece
+            first_row += len(piece)
+
     def enqueue(self, run: Run, on_progress: Callable[[RunProgress], None] | None = None) -> int:
         """Send every chunk not yet committed; returns rows sent. Marks the run failed on error."""
-        read_rows = max(run.chunk_size, (50_000 // run.chunk_size) * run.chunk_size)
         pending: list[tuple[contract.Batch, int, int]] = []
-        sent = chunk_no = first_row = 0
+        sent = chunk_no = first_row = 0  # after the loop: chunks and rows read
         last_report = 0.0
         limit = self.client.settings.bulk_max_queued_rows
         scored_at_start = self.progress(run.run_id).scored
         try:
-            frames = run.source.chunks(
-                read_rows, [run.id_column, *run.feature_columns], run.id_column,
-                text_columns(run),
-            )  # fmt: skip
-            for piece in rechunk(frames, run.chunk_size):
-                if chunk_no not in run.committed:
-                    pending.append(
-                        (self.build_chunk(run, piece, chunk_no, first_row), chunk_no, first_row)
-                    )
-                chunk_no += 1
-                first_row += len(piece)
+            for no, first, piece in self.pieces(run):
+                if no not in run.committed:
+                    pending.append((self.build_chunk(run, piece, no, first), no, first))
+                chunk_no, first_row = no + 1, first + len(piece)
                 if (
                     len(pending) >= PUBLISH_GROUP
                     or len(pending) * run.chunk_size >= PUBLISH_GROUP_ROWS

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from inferq.common import contract
 from inferq.common.errors import InvalidInput
 from inferq.common.schema import prediction_batches, predictions
-from inferq.producer.bulk import PUBLISH_GROUP, BulkScorer, Run, rechunk, text_columns
+from inferq.producer.bulk import PUBLISH_GROUP, BulkScorer, Run
 from inferq.producer.runs import FINAL, RunFailed, RunProgress
 from sqlalchemy import func, or_, select
 
@@ -65,20 +65,14 @@ def send_rescore(scorer: BulkScorer, run: Run, chunks: set[int]) -> list[str]:
             "--rescore-errors"
         )
     tag = uuid.uuid4().hex[:8]
-    read_rows = max(run.chunk_size, (50_000 // run.chunk_size) * run.chunk_size)
-    frames = run.source.chunks(
-        read_rows, [run.id_column, *run.feature_columns], run.id_column, text_columns(run)
-    )
     pending: list[contract.Batch] = []
     sent: list[str] = []
-    first_row = 0
-    for chunk_no, piece in enumerate(rechunk(frames, run.chunk_size)):
+    for chunk_no, first_row, piece in scorer.pieces(run):
         if chunk_no in chunks:
             batch = scorer.build_chunk(run, piece, chunk_no, first_row)
             batch.batch_id = f"{batch.batch_id}~{tag}"
             batch.rescore = True
             pending.append(batch)
-        first_row += len(piece)
         if len(pending) >= PUBLISH_GROUP:
             scorer.client.publish(pending, queue=scorer.client.settings.bulk_queue, batched=True)
             sent += [b.batch_id for b in pending]
@@ -102,15 +96,16 @@ def wait_rescored(
     deadline = None if timeout is None else time.monotonic() + timeout
     remaining = set(batch_ids)
     while remaining:
+        left = list(remaining)
         with scorer.engine.connect() as conn:
-            done = set(
-                conn.scalars(
-                    select(prediction_batches.c.batch_id).where(
-                        prediction_batches.c.batch_id.in_(list(remaining)[:1000])
+            for start in range(0, len(left), 1000):  # bounded IN lists, every id each poll
+                remaining -= set(
+                    conn.scalars(
+                        select(prediction_batches.c.batch_id).where(
+                            prediction_batches.c.batch_id.in_(left[start : start + 1000])
+                        )
                     )
                 )
-            )
-        remaining -= done
         if on_progress:
             on_progress(len(batch_ids) - len(remaining), len(batch_ids))
         if not remaining:

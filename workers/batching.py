@@ -150,9 +150,9 @@ class Batcher:
             return None
         if req.request_dict.get("retries"):
             return None  # it failed before: give it the careful path
-        if isinstance(req.kwargs, dict) and req.kwargs.get("rescore"):
-            return None  # replaces error rows: written on its own
         kw = req.kwargs if isinstance(req.kwargs, dict) else {}
+        if kw.get("rescore"):
+            return None  # replaces error rows: written on its own
         model, version, job_ids = kw.get("model"), kw.get("version"), kw.get("job_ids")
         if not (isinstance(model, str) and isinstance(version, int) and isinstance(job_ids, list)):
             return None

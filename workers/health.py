@@ -15,9 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgpack
 from inferq.common import inflight
 from inferq.common.errors import ArtifactMismatch, ModelUnavailable
 
@@ -154,3 +156,42 @@ def read_reports(client: Any) -> list[dict[str, Any]]:
             continue
         out.append({"worker": node, "model": ref, **data})
     return sorted(out, key=lambda r: (r["worker"], r["model"]))
+
+
+# ----- parked messages (workers/parking.py parks and claims them; read here too, so that
+# `inferq metrics` does not import the worker runtime)
+META = "inferq:parked:meta"
+BODY = "inferq:parked:body"
+
+
+@dataclass(frozen=True, slots=True)
+class Parked:
+    """One parked message's record (without its payload)."""
+
+    batch_id: str
+    ref: str  # name@version
+    queue: str  # the queue it was taken from
+    parked_at: float
+    by: str  # worker node that parked it
+    reason: str
+
+
+def parked(client: Any) -> list[Parked]:
+    """Every parked record (payloads are not read)."""
+    out = []
+    for raw_id, raw in client.hgetall(META).items():
+        try:
+            m = msgpack.unpackb(raw, raw=False)
+            batch_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            out.append(Parked(batch_id, m["ref"], m["q"], float(m["t"]), m["by"], m["why"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return sorted(out, key=lambda p: p.parked_at)
+
+
+def counts_by_model(client: Any) -> dict[str, int]:
+    """Parked messages per model version (for metrics)."""
+    counts: dict[str, int] = {}
+    for p in parked(client):
+        counts[p.ref] = counts.get(p.ref, 0) + 1
+    return counts

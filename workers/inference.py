@@ -168,9 +168,8 @@ def validate(batch: Batch, info: ModelInfo) -> dict[int, str]:
 
 
 def error_batch(
-    batch: Batch, message: str, name: str | None = None, version: int = 0,
-    code: str = "internal",
-) -> ScoredBatch:  # fmt: skip
+    batch: Batch, message: str, *, code: str, name: str | None = None, version: int = 0
+) -> ScoredBatch:
     """Every row of ``batch`` answered with the same error (unknown model, time limit...)."""
     return ScoredBatch(
         batch=batch,
@@ -191,13 +190,10 @@ def predict_arrays(
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """One vectorized call: (class index per row or None, scores, probability matrix or None).
 
-    ``x`` is the model's input (:func:`model_input`); a bare float array is accepted too.
+    ``x`` is the model's input from :func:`model_input` (a bare array only when the model
+    takes one).
     """
-    if isinstance(x, np.ndarray) and info.feature_names:
-        if not info.array_ok:
-            import pandas as pd
-
-            return _predict(model, info, pd.DataFrame(x, columns=info.feature_names, copy=False))
+    if isinstance(x, np.ndarray) and info.schema.named:
         import warnings
 
         with warnings.catch_warnings():

@@ -27,19 +27,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import msgpack
 from inferq.common import inflight
 from inferq.common.celery import send_score
 from inferq.workers import runtime
+from inferq.workers.health import BODY, META, Parked, parked
 from inferq.workers.steps import RedisTimerStep
 
 log = logging.getLogger("inferq.worker")
 
-META = "inferq:parked:meta"
-BODY = "inferq:parked:body"
 #: A worker claims a version its own processes failed to load only after this many seconds
 #: (its store may have been fixed); sooner, it would take back what it just parked.
 RECLAIM_AFTER = 30.0
@@ -48,18 +46,6 @@ RECLAIM_AFTER = 30.0
 def node_queue(hostname: str) -> str:
     """The queue only the worker ``hostname`` consumes (claimed parked messages)."""
     return f"inferq.node.{hostname}"
-
-
-@dataclass(frozen=True, slots=True)
-class Parked:
-    """One parked message's record (without its payload)."""
-
-    batch_id: str
-    ref: str  # name@version
-    queue: str  # the queue it was taken from
-    parked_at: float
-    by: str  # worker node that parked it
-    reason: str
 
 
 def park(
@@ -72,19 +58,6 @@ def park(
     pipe.hset(BODY, batch_id, msgpack.packb(payload, use_bin_type=True))
     pipe.hset(META, batch_id, msgpack.packb(meta, use_bin_type=True))
     pipe.execute()
-
-
-def parked(client: Any) -> list[Parked]:
-    """Every parked record (payloads are not read)."""
-    out = []
-    for raw_id, raw in client.hgetall(META).items():
-        try:
-            m = msgpack.unpackb(raw, raw=False)
-            batch_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
-            out.append(Parked(batch_id, m["ref"], m["q"], float(m["t"]), m["by"], m["why"]))
-        except (ValueError, KeyError, TypeError):
-            continue
-    return sorted(out, key=lambda p: p.parked_at)
 
 
 def claim(
@@ -113,14 +86,6 @@ def claim(
             taken.append(p)
         client.hdel(BODY, p.batch_id)
     return taken
-
-
-def counts_by_model(client: Any) -> dict[str, int]:
-    """Parked messages per model version (for metrics)."""
-    counts: dict[str, int] = {}
-    for p in parked(client):
-        counts[p.ref] = counts.get(p.ref, 0) + 1
-    return counts
 
 
 # ----- in the pool process ---------------------------------------------------------------

@@ -138,7 +138,7 @@ def copy_payload(scored: ScoredBatch, worker: str, now: dt.datetime) -> str:
     if scored.errors:
         messages = [scored.errors.get(i) for i in range(n)]
         errors = _text_column(messages)
-        codes = [_NULL if m is None else code_of(m) or _NULL for m in messages]
+        codes = [_NULL if m is None else str(code_of(m)) for m in messages]
     else:
         errors = codes = [_NULL] * n
     submitted = dt.datetime.fromtimestamp(b.submitted_at, dt.UTC).isoformat()

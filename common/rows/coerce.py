@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from inferq.common.contract import RowError
 from inferq.common.errors import InvalidInput, MissingColumns
-from inferq.common.rows.schema import Feature, InputSchema
+from inferq.common.rows.schema import InputSchema
 
 #: Longest text value a category feature takes (characters); longer is that row's error.
 MAX_TEXT_CHARS = 10_000
@@ -105,9 +105,7 @@ def as_text(value: Any) -> tuple[str | None, RowError | None]:
     )
 
 
-def _row_values(
-    row: Any, schema: InputSchema, n: int
-) -> tuple[Sequence[Any] | None, RowError | None]:
+def _row_values(row: Any, schema: InputSchema) -> tuple[Sequence[Any] | None, RowError | None]:
     """The row's values in schema order, or a problem (message without the row prefix)."""
     if isinstance(row, dict):
         if not schema.named:
@@ -137,12 +135,12 @@ def _row_values(
 def _from_rows(rows: Sequence[Any], schema: InputSchema, offset: int) -> Columns:
     """Row by row (lists, dicts, object arrays): small online submissions."""
     n = len(rows)
-    numeric = [j for j, f in enumerate(schema.features) if not f.is_text]
+    numeric = schema.numeric_positions
     x = np.full((n, len(numeric)), np.nan, dtype=np.float64)
     text: list[list[str | None]] = [[None] * n for _ in schema.text_positions]
     errors: dict[int, str] = {}
     for i, row in enumerate(rows):
-        values, problem = _row_values(row, schema, offset + i)
+        values, problem = _row_values(row, schema)
         if problem is None and values is not None:
             problem = _fill(x, text, i, values, schema, numeric)
         if problem is not None:
@@ -155,7 +153,7 @@ def _from_rows(rows: Sequence[Any], schema: InputSchema, offset: int) -> Columns
 
 def _fill(
     x: np.ndarray, text: list[list[str | None]], i: int, values: Sequence[Any],
-    schema: InputSchema, numeric: list[int],
+    schema: InputSchema, numeric: tuple[int, ...],
 ) -> RowError | None:  # fmt: skip
     """Write one row's values; the first problem found (message without the row prefix)."""
     for k, j in enumerate(numeric):
@@ -232,7 +230,7 @@ def _from_frame(df: Any, schema: InputSchema, model: str, offset: int) -> Column
         )
     else:
         names = list(df.columns)
-    numeric = [names[j] for j, f in enumerate(schema.features) if not f.is_text]
+    numeric = [names[j] for j in schema.numeric_positions]
     # NOTE: one to_numpy over all number columns when their dtypes allow (the common case,
     # and most of a one-row submission's cost): per-column access costs ~30 µs each.
     dtypes = df.dtypes
@@ -240,13 +238,16 @@ def _from_frame(df: Any, schema: InputSchema, model: str, offset: int) -> Column
         x = df[numeric].to_numpy(dtype=np.float64, na_value=np.nan)
         if schema.numeric_only:
             return Columns(x, None, {})
-        return _typed(x, [df[names[j]] for j in schema.text_positions], schema, offset)
+        return _typed(x, [df[names[j]] for j in schema.text_positions], schema, offset, {})
     return _from_columns([df[c] for c in names], len(df), schema, offset)
 
 
-def _typed(x: np.ndarray, text_cols: list[Any], schema: InputSchema, offset: int) -> Columns:
-    """Number block already built; coerce the text columns."""
-    errors: dict[int, str] = {}
+def _typed(
+    x: np.ndarray, text_cols: list[Any], schema: InputSchema, offset: int,
+    errors: dict[int, str],
+) -> Columns:  # fmt: skip
+    """Number block already built (``errors`` found so far); coerce the text columns and
+    blank every bad row, so no half-read row reaches the wire."""
     text = [
         _text_column(_object_values(col), j, schema, errors, offset)
         for col, j in zip(text_cols, schema.text_positions, strict=True)
@@ -258,27 +259,20 @@ def _typed(x: np.ndarray, text_cols: list[Any], schema: InputSchema, offset: int
         for col in text:
             for i in bad:
                 col[i] = None
-    return Columns(x, text, errors)
+    return Columns(x, text if text else None, errors)
 
 
 def _from_columns(cols: list[Any], n: int, schema: InputSchema, offset: int) -> Columns:
     errors: dict[int, str] = {}
-    numeric = [j for j, f in enumerate(schema.features) if not f.is_text]
+    numeric = schema.numeric_positions
     if numeric and all(getattr(cols[j], "dtype", np.dtype(object)).kind in "biuf" for j in numeric):
         x = np.column_stack([np.asarray(cols[j], dtype=np.float64) for j in numeric])
     else:
         x = np.empty((n, len(numeric)), dtype=np.float64)
         for k, j in enumerate(numeric):
             x[:, k] = _number_column(_values(cols[j]), j, schema, errors, offset)
-    text = [_text_column(_object_values(cols[j]), j, schema, errors, offset)
-            for j in schema.text_positions]  # fmt: skip
-    if errors:
-        bad = list(errors)
-        x[bad] = np.nan
-        for col in text:
-            for i in bad:
-                col[i] = None
-    return Columns(x.reshape(n, len(numeric)), text if text else None, errors)
+    text_cols = [cols[j] for j in schema.text_positions]
+    return _typed(x.reshape(n, len(numeric)), text_cols, schema, offset, errors)
 
 
 def _values(col: Any) -> Any:
@@ -328,4 +322,4 @@ def to_columns(rows: Any, schema: InputSchema, model: str = "model", offset: int
     return _from_rows(rows, schema, offset)
 
 
-__all__ = ["MAX_TEXT_CHARS", "Columns", "Feature", "as_text", "number_problem", "to_columns"]
+__all__ = ["MAX_TEXT_CHARS", "Columns", "as_text", "number_problem", "to_columns"]

@@ -17,11 +17,6 @@ from inferq.common.rows.coerce import MAX_TEXT_CHARS, label
 from inferq.common.rows.schema import InputSchema
 
 
-def numeric_positions(schema: InputSchema) -> list[int]:
-    """Schema positions of the features carried in the float block, in block order."""
-    return [j for j, f in enumerate(schema.features) if not f.is_text]
-
-
 def layout_problem(
     schema: InputSchema, n_numeric: int, positions: tuple[int, ...], width: int
 ) -> str | None:
@@ -53,7 +48,7 @@ def validate(
     Missing values are refused only for features the model does not accept them in;
     infinities always; text longer than MAX_TEXT_CHARS always.
     """
-    numeric = numeric_positions(schema)
+    numeric = schema.numeric_positions
     if x.size:
         allowed = np.array([schema.features[j].missing for j in numeric], dtype=bool)
         nan = np.isnan(x)
@@ -83,6 +78,9 @@ def validate(
                         "does not accept missing values there",
                         "missing_value",
                     )
+        # One C-level pass decides whether any value is too long (the per-row loop is rare).
+        if max(map(len, filter(None, column)), default=0) <= MAX_TEXT_CHARS:
+            continue
         for i, v in enumerate(column):
             if v is not None and len(v) > MAX_TEXT_CHARS and i not in errors:
                 errors[i] = RowError(
@@ -111,8 +109,7 @@ def model_input(
     import pandas as pd
 
     data: dict[str, Any] = {}
-    numeric = numeric_positions(schema)
-    for k, j in enumerate(numeric):
+    for k, j in enumerate(schema.numeric_positions):
         data[schema.features[j].name] = block[:, k]
     for k, j in enumerate(schema.text_positions):
         column = text[k] if text is not None else []

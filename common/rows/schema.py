@@ -84,11 +84,19 @@ class InputSchema:
     #: The model was fitted with column names (DataFrame); otherwise names are "x0", "x1"...
     #: and rows are matched by position.
     named: bool = True
+    # Derived once here, read per message by producers and workers.
     _text: tuple[int, ...] = field(default=(), repr=False, compare=False)
+    _numeric: tuple[int, ...] = field(default=(), repr=False, compare=False)
+    _frame: bool = field(default=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        text = tuple(j for j, f in enumerate(self.features) if f.is_text)
+        object.__setattr__(self, "_text", text)
         object.__setattr__(
-            self, "_text", tuple(j for j, f in enumerate(self.features) if f.is_text)
+            self, "_numeric", tuple(j for j, f in enumerate(self.features) if not f.is_text)
+        )
+        object.__setattr__(
+            self, "_frame", bool(text) or any(f.pandas_category for f in self.features)
         )
 
     @classmethod
@@ -115,6 +123,11 @@ class InputSchema:
         return self._text
 
     @property
+    def numeric_positions(self) -> tuple[int, ...]:
+        """Positions of the features carried in the float block, in block order."""
+        return self._numeric
+
+    @property
     def numeric_only(self) -> bool:
         """No text feature: rows travel as one raw float block (the fast path)."""
         return not self._text
@@ -122,7 +135,7 @@ class InputSchema:
     @property
     def needs_frame(self) -> bool:
         """The model must be given a DataFrame (text or pandas category columns)."""
-        return bool(self._text) or any(f.pandas_category for f in self.features)
+        return self._frame
 
     def with_overrides(self, kinds: dict[str, str]) -> InputSchema:
         """A copy with some features' kinds replaced (``--feature-type name=kind``)."""

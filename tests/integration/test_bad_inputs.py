@@ -295,7 +295,7 @@ def test_model_file_changed_or_deleted_after_registration_is_parked_not_answered
     jobs' (issue 11): they are parked with the reason until a worker can serve them, never
     answered with error rows, and the worker keeps serving the other models."""
     import redis
-    from inferq.workers.parking import parked
+    from inferq.workers.health import parked
 
     store = pipeline.settings.model_store_dir
     for name in ("swapped", "truncated", "vanished"):

@@ -148,3 +148,6 @@ def test_client_with_an_unreachable_broker_keeps_enqueue_error(tmp_path, regress
     with InferenceClient(settings, linger_ms=0) as client, pytest.raises(EnqueueError) as info:
         client.submit("reg", regressor_model.x[:3])
     assert info.value.enqueued_job_ids == []
+    # the reason is the broker, said in inferq's words (and no password leaks)
+    assert "could not enqueue 3 job(s)" in str(info.value)
+    assert "Connection refused" in str(info.value) or "connection refused" in str(info.value)

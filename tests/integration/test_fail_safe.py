@@ -21,9 +21,8 @@ from inferq.models import registry
 from inferq.producer import InferenceClient
 from inferq.producer.bulk import BulkScorer
 from inferq.producer.sources import CsvSource
-from inferq.workers.health import read_reports
-from inferq.workers.parking import parked
-from sqlalchemy import func, select
+from inferq.workers.health import parked, read_reports
+from sqlalchemy import func, select, update
 
 from tests.conftest import REPO, WorkerProcess, settings_env
 from tests.integration.checker import check
@@ -164,8 +163,11 @@ def test_rescore_errors_replaces_error_rows_of_earlier_versions(
         sent = []
         client.publish = lambda batches, **_: sent.extend(batches)  # type: ignore[method-assign]
         scorer.enqueue(run)
-        for batch in sent:  # what the old worker wrote for every job
-            write_results(engine, error_batch(batch, LEGACY), "old@host:1", received_at=time.time())
+        for batch in sent:  # what the old worker wrote for every job: no error code yet
+            legacy = error_batch(batch, LEGACY, code="internal")
+            write_results(engine, legacy, "old@host:1", received_at=time.time())
+        with engine.begin() as conn:  # rows written before codes existed carry none
+            conn.execute(update(predictions).values(error_code=None))
         assert scorer.progress("legacy").scored_error == 250
 
     start_worker(pg_settings, concurrency=2)

@@ -112,7 +112,7 @@ def test_sql_looking_values_are_stored_literally(pg_settings):
     engine = make_engine(pg_settings)
     nasty = "x'); DROP TABLE predictions; --\t\\N"
     batch = Batch(model="m", version=1, job_ids=["j1"], x=np.zeros((1, 1)), keys=[nasty])
-    write_results(engine, error_batch(batch, nasty), "w", received_at=0)
+    write_results(engine, error_batch(batch, nasty, code="invalid_value"), "w", received_at=0)
     with engine.connect() as conn:
         row = conn.execute(text("SELECT key, error FROM predictions")).one()
     assert row.key == nasty and row.error == nasty

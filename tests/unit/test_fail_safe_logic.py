@@ -136,7 +136,12 @@ def test_a_rescore_replaces_error_rows_and_never_an_ok_row(sqlite_settings):
     first = contract.Batch(model="m", version=1, job_ids=["a", "b", "c"], x=x[:3])
     write_results(engine, _scored(first, model), "w1", received_at=time.time())
     broken = contract.Batch(model="m", version=1, job_ids=["d", "e"], x=x[3:5])
-    write_results(engine, error_batch(broken, "dead-lettered: died"), "w1", received_at=0)
+    write_results(
+        engine,
+        error_batch(broken, "dead-lettered: died", code="dead_lettered"),
+        "w1",
+        received_at=0,
+    )
 
     again = contract.Batch(
         model="m", version=1, job_ids=["a", "d", "e"], x=np.vstack([x[:1], x[3:5]]),
@@ -154,7 +159,8 @@ def test_a_rescore_replaces_error_rows_and_never_an_ok_row(sqlite_settings):
 
 def test_parked_messages_go_only_to_a_worker_that_can_serve_them():
     import fakeredis
-    from inferq.workers.parking import claim, counts_by_model, node_queue, park, parked
+    from inferq.workers.health import counts_by_model, parked
+    from inferq.workers.parking import claim, node_queue, park
 
     r = fakeredis.FakeRedis()
     park(r, "b1", "churn@3", "online", {"batch_id": "b1", "x": b"\x00" * 16}, "bad@h", "no file")
@@ -187,3 +193,31 @@ def test_parked_messages_go_only_to_a_worker_that_can_serve_them():
     assert [p.batch_id for p in parked(r)] == ["b2"]
     assert r.hlen("inferq:parked:body") == 1
     assert node_queue("w1@host") == "inferq.node.w1@host"
+
+
+def test_rescore_picks_rows_by_code_and_rows_from_before_codes_by_message(sqlite_settings):
+    """The real filter on real rows: codes decide; rows without a code (written before codes
+    existed) are picked by their message."""
+    from inferq.producer.rescore import rescorable_filter
+    from sqlalchemy import update
+
+    engine = make_engine(sqlite_settings)
+    rows = {
+        "coded-internal": ("internal error while scoring: boom", "internal"),
+        "coded-dead": ("dead-lettered: died", "dead_lettered"),
+        "coded-data": ("row 0: column 1 has a non-numeric value 'x' (text)", "invalid_value"),
+        "legacy-unavailable": ("model m@1 unavailable: refusing to load /m: file mismatch", None),
+        "legacy-data": ("row 0: column 1 is NaN (missing)", None),
+    }
+    for job, (message, code) in rows.items():
+        batch = contract.Batch(model="m", version=1, job_ids=[job], x=np.zeros((1, 1)))
+        write_results(engine, error_batch(batch, message, code=code or "internal"), "w",
+                      received_at=0)  # fmt: skip
+        if code is None:
+            with engine.begin() as conn:
+                conn.execute(
+                    update(predictions).where(predictions.c.job_id == job).values(error_code=None)
+                )
+    with engine.connect() as conn:
+        picked = set(conn.scalars(select(predictions.c.job_id).where(rescorable_filter())))
+    assert picked == {"coded-internal", "coded-dead", "legacy-unavailable"}

@@ -88,7 +88,9 @@ def test_argmax_shortcut_equals_predict_for_forests(multiclass_model):
 
 
 def test_error_batch_answers_every_job():
-    scored = error_batch(batch_of(np.zeros((4, 2))), "model m@1 unavailable: gone")
+    scored = error_batch(
+        batch_of(np.zeros((4, 2))), "model m@1 unavailable: gone", code="unknown_model"
+    )
     assert scored.status == ["error"] * 4 and scored.error == ["model m@1 unavailable: gone"] * 4
 
 

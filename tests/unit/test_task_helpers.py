@@ -27,7 +27,9 @@ def test_connection_loss_and_deadlocks_are_transient_constraint_errors_are_not()
 def test_nul_characters_never_reach_postgres():
     batch = contract.Batch(model="m", version=1, job_ids=["j"], x=np.zeros((1, 1)),
                            keys=["a\x00b"])  # fmt: skip
-    payload = copy_payload(error_batch(batch, "bad\x00value"), "w", dt.datetime.now(dt.UTC))
+    payload = copy_payload(
+        error_batch(batch, "bad\x00value", code="invalid_value"), "w", dt.datetime.now(dt.UTC)
+    )
     assert "\x00" not in payload and "a\ufffdb" in payload and "bad\ufffdvalue" in payload
     (jid,) = job_ids_for("run", ["x\x00y"])
     assert "\x00" not in jid and jid.startswith(run_token("run") + "~")
