@@ -54,6 +54,7 @@ ERROR_CODES = {
     "dead_lettered": "the message was dead-lettered (its worker died on it, or its rows "
     "could not be written)",
     "internal": "a bug in inferq while scoring",
+    "retired": "the model version was retired (`inferq models retire`)",
 }
 #: Codes of errors that are not the data's fault: `--rescore-errors` scores them again.
 RESCORABLE_CODES = ("time_limit", "dead_lettered", "internal")

@@ -65,6 +65,35 @@ class ModelNotFound(InferqError):
         self.name, self.version, self.alias = name, version, alias
 
 
+class ModelRetired(InferqError):
+    """The requested model version was retired (`inferq models retire`): it is never served."""
+
+    def __init__(self, name: str, version: int, current: int | None = None) -> None:
+        hint = (
+            f"submit to {name} (production is version {current})"
+            if current is not None
+            else "promote another version and submit to it"
+        )
+        super().__init__(f"model {name}@{version} is retired and no longer served; {hint}")
+        self.name, self.version, self.current = name, version, current
+
+
+class LifecycleRefused(InvalidInput):
+    """A registry change that would break serving or skip a check (promote, retire...)."""
+
+
+class UntrustedTypes(InvalidInput):
+    """A skops file needs types that are not trusted: name them with ``--trust``."""
+
+    def __init__(self, path: str, types: Sequence[str]) -> None:
+        listed = ", ".join(types)
+        super().__init__(
+            f"cannot register {path}: the skops file needs types skops does not trust: "
+            f"{listed}; review them and pass --trust TYPE for each one you trust"
+        )
+        self.types = list(types)
+
+
 class NotAnEstimator(InvalidInput):
     """A file offered to the registry is not a fitted scikit-learn estimator."""
 

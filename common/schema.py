@@ -57,6 +57,15 @@ model_versions = Table(
     # registered before 0004: they are served as all numbers.
     Column("input_schema", JSONDoc, nullable=True),
     Column("reference", JSONDoc, nullable=True),  # {path, sha256, rows, format} of --reference
+    # Lifecycle (0006). 'active' | 'retired': a retired version is never served again.
+    Column("status", Text, nullable=False, server_default="active"),
+    Column("retired_at", TZ, nullable=True),
+    Column("format", Text, nullable=False, server_default="joblib"),  # 'joblib' | 'skops'
+    Column("trusted", JSONDoc, nullable=True),  # skops: the types trusted at registration
+    Column("checks", JSONDoc, nullable=True),  # the validation gate's result (models/checks.py)
+    # What workers serve it with: 'sklearn', or 'onnx' once a parity check passed.
+    Column("runtime", Text, nullable=False, server_default="sklearn"),
+    Column("onnx", JSONDoc, nullable=True),  # conversion + parity report (models/optimize.py)
 )
 
 model_aliases = Table(
@@ -89,8 +98,41 @@ predictions = Table(
     # Machine-readable kind of an error row (contract.ERROR_CODES); NULL on ok rows and on
     # error rows written before codes existed.
     Column("error_code", Text, nullable=True),
+    # 'sklearn' | 'onnx': the runtime that scored the row (NULL before 0006 and on rows no
+    # model scored).
+    Column("runtime", Text, nullable=True),
     Index(None, "model_name", "scored_at"),
     Index(None, "run_id"),
+)
+
+#: The version each model's jobs are also scored by, next to the primary (`models shadow`).
+model_shadows = Table(
+    "model_shadows",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("since", TZ, nullable=False),
+    ForeignKeyConstraint(["name", "version"], ["model_versions.name", "model_versions.version"]),
+)
+
+#: A shadow version's outputs for a job; written in the primary's transaction (a savepoint),
+#: so a redelivered message never adds a second one, and a failing shadow write never fails
+#: the primary rows.
+shadow_predictions = Table(
+    "shadow_predictions",
+    metadata,
+    Column("job_id", Text, primary_key=True),
+    Column("model_name", Text, primary_key=True),
+    Column("model_version", Integer, primary_key=True),  # the shadow version
+    Column("primary_version", Integer, nullable=False),  # the version whose row is in predictions
+    Column("label", Text, nullable=True),
+    Column("score", Double, nullable=True),
+    Column("probabilities", JSONDoc, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("scored_at", TZ, nullable=False),
+    Column("worker", Text, nullable=False),
+    Column("batch_id", Text, nullable=False),
+    Index(None, "model_name", "scored_at"),
 )
 
 #: One row per committed message: the idempotency ledger and the lineage/timings of a batch.

@@ -46,6 +46,16 @@ class ModelVersion:
     input_schema: dict[str, Any] | None = None
     #: The reference sample given at registration: {"path", "sha256", "rows", "format"}.
     reference: dict[str, Any] | None = None
+    status: str = "active"  # 'active' | 'retired'
+    retired_at: dt.datetime | None = None
+    format: str = "joblib"  # 'joblib' | 'skops'
+    #: skops: the types trusted at registration; workers load with exactly this list.
+    trusted: list[str] | None = None
+    #: The validation gate's result on the reference sample (models/checks.py).
+    checks: dict[str, Any] | None = None
+    runtime: str = "sklearn"  # what workers serve it with: 'sklearn' | 'onnx'
+    #: ONNX conversion and parity report (models/optimize.py); None if never optimized.
+    onnx: dict[str, Any] | None = None
     _schema: InputSchema | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -75,6 +85,7 @@ class ModelVersion:
         """JSON-ready dict (for ``--json`` output)."""
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_schema"}
         data["created_at"] = self.created_at.isoformat()
+        data["retired_at"] = self.retired_at.isoformat() if self.retired_at else None
         return data
 
 
@@ -97,6 +108,13 @@ def _row_to_mv(row: Any, aliases: list[str] | None = None) -> ModelVersion:
         aliases=sorted(aliases or []),
         input_schema=m["input_schema"],
         reference=m["reference"],
+        status=m["status"],
+        retired_at=m["retired_at"],
+        format=m["format"],
+        trusted=m["trusted"],
+        checks=m["checks"],
+        runtime=m["runtime"],
+        onnx=m["onnx"],
     )
 
 
