@@ -71,6 +71,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": settings.task_events,
         "task_send_sent_event": settings.task_events,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Hot reload (workers/reload.py): billiard gives each child an event that makes it
+        # exit between jobs, and the pool forks a replacement from the main process, which
+        # then shares the newly loaded model copy-on-write.
+        "worker_pool_restarts": True,
     }
 
 

@@ -108,6 +108,20 @@ class Settings(BaseSettings):
         description="Seconds between a worker's looks at parked messages (jobs of a model "
         "some worker could not load) to claim those it can serve; 0 = never claim.",
     )
+    reload_interval: float = Field(
+        default=2.0,
+        ge=0,
+        description="Seconds between a worker's looks at the registry: a promote, retire, "
+        "shadow or optimize is loaded in the worker's main process and its children are "
+        "recycled (between jobs) to share it; 0 = only at start.",
+    )
+    shadow_max_ms: float = Field(
+        default=50.0,
+        ge=0,
+        description="Time a shadow version may add to a batch, beyond the primary's own "
+        "predict time: it scores as many of the batch's rows as fit (estimated from its "
+        "last calls); 0 = no shadow scoring on this worker.",
+    )
     start_check: Literal["any", "all", "off"] = Field(
         default="any",
         description="At start the worker loads its preload set and checks every alias target; "

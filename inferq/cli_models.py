@@ -126,16 +126,19 @@ def list_cmd(
     if as_json:
         print_json([mv.to_json() for mv in versions])
         return
-    table = Table("name", "version", "aliases", "estimator", "task", "schema", "sha256", "created")
+    table = Table("name", "version", "status", "aliases", "estimator", "task", "schema",
+                  "checks", "runtime", "created")  # fmt: skip
     for mv in versions:
         table.add_row(
             escape(mv.name),
             str(mv.version),
+            mv.status + (" (shadow)" if mv.shadow else ""),
             ", ".join(mv.aliases),
             mv.estimator,
             mv.task,
             schema_summary(mv),
-            mv.sha256[:12],
+            _checks_cell(mv.checks),
+            mv.runtime + ("" if mv.format == "joblib" else f" ({mv.format})"),
             mv.created_at.strftime("%Y-%m-%d %H:%M"),
         )
     console.print(table if versions else "no models registered (see `inferq models register`)")
@@ -167,11 +170,34 @@ def show(
     ]
     if mv.reference:
         rows.append(("reference", _reference_text(mv.reference)))
+    rows.append(
+        (
+            "status",
+            mv.status
+            + (f" since {mv.retired_at:%Y-%m-%d %H:%M}" if mv.retired_at else "")
+            + ("; the model's shadow" if mv.shadow else ""),
+        )
+    )
+    rows.append(
+        ("format", mv.format + (f" (trusted: {', '.join(mv.trusted)})" if mv.trusted else ""))
+    )
     rows.extend(("warning", w) for w in mv.schema_warnings)
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         console.print(f"{key:<{width}}  {escape(value)}", soft_wrap=True)
+    cli_lifecycle.print_onnx(mv)
+    cli_lifecycle.print_checks(mv.checks)
     console.print(_schema_table(mv.schema))
+
+
+def _checks_cell(checks: dict[str, Any] | None) -> str:
+    """`models list`'s checks cell: passed/FAILED and the first metric."""
+    if not checks:
+        return "-"
+    metrics = checks.get("metrics") or {}
+    first = next(((k, v) for k, v in metrics.items() if isinstance(v, int | float)), None)
+    state = "passed" if checks.get("passed") else "FAILED"
+    return state + (f" ({first[0]} {first[1]:.3f})" if first else "")
 
 
 def _schema_table(schema: InputSchema) -> Table:
@@ -203,18 +229,5 @@ def _reference_text(ref: dict[str, Any]) -> str:
     return f"{ref.get('path')} ({ref.get('rows')} rows, sha256 {str(ref.get('sha256'))[:12]})"
 
 
-@models_app.command("promote")
-def promote(
-    name: str = typer.Argument(..., help="Model name."),
-    version: int = typer.Argument(..., help="Version to point the alias at."),
-    alias: str = typer.Option("production", "--alias", "-a", help="Alias to move."),
-    as_json: bool = JSON_OPT,
-) -> None:
-    """Point an alias (default production) of NAME at VERSION."""
-    from inferq.models import registry
-
-    mv = registry.promote(_engine(), name, version, alias)
-    if as_json:
-        print_json(mv.to_json())
-    else:
-        console.print(f"{name}:{alias} -> [bold]{mv.ref}[/]")
+# Lifecycle commands (promote, retire, shadow, compare, check, optimize) register here.
+from inferq import cli_lifecycle  # noqa: E402

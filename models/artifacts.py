@@ -1,5 +1,8 @@
 """Model artifacts on disk: inspect a fitted estimator, verify and load a stored artifact.
 
+Two formats: joblib (a pickle: runs code on load, so workers load it only after a sha256
+check) and skops (a zip that skops loads without unpickling, only if every type it names
+is trusted by default or listed by the user; a listed function's module is imported).
 This module imports scikit-learn (lazily) and is used by the registry's write side and by
 workers; the producer never imports it.
 """
@@ -9,11 +12,17 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inferq.common.errors import ArtifactMismatch, NotAnEstimator
+from inferq.common.errors import ArtifactMismatch, NotAnEstimator, UntrustedTypes
+
+#: Artifact formats, as recorded in the registry.
+FORMATS = ("joblib", "skops")
 
 
 def sha256_file(path: Path) -> str:
@@ -41,14 +50,86 @@ class EstimatorInfo:
     has_proba: bool
 
 
+@contextmanager
+def _strict_versions() -> Iterator[None]:
+    """Raise scikit-learn's InconsistentVersionWarning as an error inside the block."""
+    from sklearn.exceptions import InconsistentVersionWarning
+
+    # skops restores estimators through __setstate__ too, so it emits the same warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InconsistentVersionWarning)
+        yield
+
+
 def _joblib_load_strict(source: Path | io.BytesIO) -> Any:
     """joblib.load that turns scikit-learn's version warning into an error."""
     import joblib
-    from sklearn.exceptions import InconsistentVersionWarning
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", InconsistentVersionWarning)
+    with _strict_versions():
         return joblib.load(source)
+
+
+def _is_skops(source: Path | io.BytesIO) -> bool:
+    """Whether ``source`` is a zip archive holding skops' schema.json (reading runs no code)."""
+    try:
+        if not zipfile.is_zipfile(source):
+            return False
+        with zipfile.ZipFile(source) as archive:
+            return "schema.json" in archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def detect_format(path: Path) -> str:
+    """'skops' for a zip archive with skops' schema.json, whatever its suffix, else 'joblib'."""
+    # By content, not suffix: a skops file renamed .joblib still gets skops' type checks.
+    return "skops" if _is_skops(path) else "joblib"
+
+
+def _skops_bytes(path: Path) -> bytes:
+    """The bytes of a skops file; NotAnEstimator if it is missing or not a skops file."""
+    if not path.is_file():
+        raise NotAnEstimator(str(path), "no such file")
+    data = path.read_bytes()
+    if not _is_skops(io.BytesIO(data)):
+        raise NotAnEstimator(str(path), "not a skops file (no zip archive with skops' schema)")
+    return data
+
+
+def _skops_untrusted(data: bytes, path: Path) -> list[str]:
+    """skops' untrusted types in ``data``; NotAnEstimator if skops cannot parse it."""
+    import skops.io as sio
+
+    try:
+        return sorted(sio.get_untrusted_types(data=data))
+    except Exception as exc:  # zip, JSON and schema errors of a damaged (or crafted) file
+        raise NotAnEstimator(
+            str(path), f"not a readable skops file ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def untrusted_types(path: Path) -> list[str]:
+    """Types in a skops file that skops does not trust by default (sorted)."""
+    return _skops_untrusted(_skops_bytes(path), path)
+
+
+def unneeded_trust(path: Path, trusted: list[str]) -> list[str]:
+    """Names in ``trusted`` the file does not need (all of them for a joblib file), in order."""
+    needed = set(untrusted_types(path)) if detect_format(path) == "skops" else set()
+    return [name for name in dict.fromkeys(trusted) if name not in needed]
+
+
+def _read_skops(path: Path, trusted: list[str] | None) -> Any:
+    """Load a skops file whose untrusted types are all in ``trusted`` (else UntrustedTypes)."""
+    import skops.io as sio
+
+    data = _skops_bytes(path)  # audit and load the same bytes
+    needed = _skops_untrusted(data, path)
+    missing = [name for name in needed if name not in (trusted or [])]
+    if missing:
+        raise UntrustedTypes(str(path), missing)
+    with _strict_versions():
+        return sio.loads(data, trusted=needed)  # only what the file needs and the user listed
 
 
 def _estimator_type(obj: Any) -> str | None:
@@ -185,14 +266,24 @@ def inspect_estimator(obj: Any, path: str = "<object>") -> EstimatorInfo:
     )
 
 
-def read_artifact(path: Path) -> tuple[Any, EstimatorInfo]:
-    """Unpickle a user-supplied joblib file for registration and inspect it."""
+def read_artifact(path: Path, *, trusted: list[str] | None = None) -> tuple[Any, EstimatorInfo]:
+    """Load a user-supplied joblib or skops file for registration and inspect it."""
     if not path.is_file():
         raise NotAnEstimator(str(path), "no such file")
     from sklearn.exceptions import InconsistentVersionWarning
 
+    fmt = detect_format(path)
+    if fmt == "joblib" and path.suffix.lower() == ".skops":
+        # Never unpickle a file named as skops: whoever offers it expects no code to run.
+        raise NotAnEstimator(
+            str(path),
+            "it has the .skops suffix but is not a skops file (not a zip archive with "
+            "skops' schema.json); save the model with skops.io.dump",
+        )
     try:
-        obj = _joblib_load_strict(path)
+        obj = _read_skops(path, trusted) if fmt == "skops" else _joblib_load_strict(path)
+    except (NotAnEstimator, UntrustedTypes):
+        raise
     except InconsistentVersionWarning as warning:
         raise NotAnEstimator(
             str(path),
@@ -200,17 +291,33 @@ def read_artifact(path: Path) -> tuple[Any, EstimatorInfo]:
             f"environment has {warning.current_sklearn_version}; re-fit and save it with "
             f"{warning.current_sklearn_version}",
         ) from None
-    except Exception as exc:  # joblib raises many kinds for a file that is not a pickle
+    except Exception as exc:  # joblib and skops raise many kinds for a damaged file
         raise NotAnEstimator(
-            str(path), f"not a readable joblib file ({type(exc).__name__}: {exc})"
+            str(path), f"not a readable {fmt} file ({type(exc).__name__}: {exc})"
         ) from None
     return obj, inspect_estimator(obj, str(path))
 
 
-def load_verified(path: Path, sha256: str, sklearn_version: str) -> Any:
-    """Load a stored artifact after checking sha256 and scikit-learn version (before unpickling)."""
-    # NOTE: hash and unpickle the same bytes, so the file cannot change between check and load.
-    return _joblib_load_strict(io.BytesIO(verify_artifact(path, sha256, sklearn_version)))
+def load_verified(
+    path: Path,
+    sha256: str,
+    sklearn_version: str,
+    *,
+    fmt: str = "joblib",
+    trusted: list[str] | None = None,
+) -> Any:
+    """Load a stored artifact after checking sha256 and scikit-learn version (before parsing)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown artifact format {fmt!r} (expected one of {FORMATS})")
+    # NOTE: hash and load the same bytes, so the file cannot change between check and load.
+    data = verify_artifact(path, sha256, sklearn_version)
+    if fmt == "joblib":
+        return _joblib_load_strict(io.BytesIO(data))
+    import skops.io as sio
+
+    # Exactly the types recorded at registration: skops refuses a file that needs others.
+    with _strict_versions():
+        return sio.loads(data, trusted=list(trusted or []))
 
 
 def verify_artifact(path: Path, sha256: str, sklearn_version: str) -> bytes:

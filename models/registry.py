@@ -16,7 +16,7 @@ from typing import Any
 from inferq.common.contract import check_name
 from inferq.common.errors import ModelNotFound
 from inferq.common.rows.schema import InputSchema
-from inferq.common.schema import model_aliases, model_versions
+from inferq.common.schema import model_aliases, model_shadows, model_versions
 from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
@@ -56,6 +56,7 @@ class ModelVersion:
     runtime: str = "sklearn"  # what workers serve it with: 'sklearn' | 'onnx'
     #: ONNX conversion and parity report (models/optimize.py); None if never optimized.
     onnx: dict[str, Any] | None = None
+    shadow: bool = False  # the model's jobs are also scored by this version
     _schema: InputSchema | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -89,7 +90,7 @@ class ModelVersion:
         return data
 
 
-def _row_to_mv(row: Any, aliases: list[str] | None = None) -> ModelVersion:
+def _row_to_mv(row: Any, aliases: list[str] | None = None, shadow: bool = False) -> ModelVersion:
     m = row._mapping
     return ModelVersion(
         name=m["name"],
@@ -115,6 +116,7 @@ def _row_to_mv(row: Any, aliases: list[str] | None = None) -> ModelVersion:
         checks=m["checks"],
         runtime=m["runtime"],
         onnx=m["onnx"],
+        shadow=shadow,
     )
 
 
@@ -150,7 +152,10 @@ def get_version(engine: Engine, name: str, version: int) -> ModelVersion:
                 model_aliases.c.name == name, model_aliases.c.version == version
             )
         ).scalars()
-        return _row_to_mv(row, list(aliases))
+        shadow = conn.execute(
+            select(model_shadows.c.version).where(model_shadows.c.name == name)
+        ).scalar()
+        return _row_to_mv(row, list(aliases), shadow == version)
 
 
 def resolve(
@@ -207,7 +212,11 @@ def list_models(engine: Engine, name: str | None = None) -> list[ModelVersion]:
         aliases: dict[tuple[str, int], list[str]] = {}
         for a in conn.execute(alias_q):
             aliases.setdefault((a.name, a.version), []).append(a.alias)
-        return [_row_to_mv(r, aliases.get((r.name, r.version))) for r in conn.execute(query)]
+        shadows = {(r.name, r.version) for r in conn.execute(select(model_shadows))}
+        return [
+            _row_to_mv(r, aliases.get((r.name, r.version)), (r.name, r.version) in shadows)
+            for r in conn.execute(query)
+        ]
 
 
 def alias_targets(engine: Engine, alias: str = DEFAULT_ALIAS) -> list[tuple[str, int]]:
@@ -234,7 +243,10 @@ def alias_versions(engine: Engine) -> list[ModelVersion]:
 def promote(engine: Engine, name: str, version: int, alias: str = DEFAULT_ALIAS) -> ModelVersion:
     """Point ``alias`` of model ``name`` at ``version`` (creating the alias if needed)."""
     check_name(alias, "alias")
-    get_version(engine, name, version)  # raises ModelNotFound
+    if get_version(engine, name, version).status == "retired":  # raises ModelNotFound
+        from inferq.common.errors import LifecycleRefused
+
+        raise LifecycleRefused(f"{name}@{version} is retired: an alias cannot point at it")
     with engine.begin() as conn:
         changed = conn.execute(
             update(model_aliases)
@@ -331,4 +343,31 @@ def load(model_store: Path, mv: ModelVersion) -> Any:
     """Load a registered version's estimator, verifying sha256 and scikit-learn version first."""
     from inferq.models.artifacts import load_verified
 
-    return load_verified(model_store / mv.artifact, mv.sha256, mv.sklearn_version)
+    if mv.format == "joblib":
+        return load_verified(model_store / mv.artifact, mv.sha256, mv.sklearn_version)
+    # skops: exactly the types trusted at registration, nothing more.
+    return load_verified(
+        model_store / mv.artifact,
+        mv.sha256,
+        mv.sklearn_version,
+        fmt=mv.format,
+        trusted=list(mv.trusted or []),
+    )
+
+
+def load_onnx(model_store: Path, mv: ModelVersion) -> bytes:
+    """The version's ONNX file, verified against the sha256 recorded when parity passed."""
+    import hashlib
+
+    from inferq.common.errors import ArtifactMismatch
+
+    doc = mv.onnx or {}
+    path = model_store / str(doc.get("artifact") or "")
+    if not doc.get("artifact") or not path.is_file():
+        expected = f"sha256 {str(doc.get('sha256'))[:12]}..."
+        raise ArtifactMismatch(str(path), "file", expected, "no file")
+    data = path.read_bytes()
+    found = hashlib.sha256(data).hexdigest()
+    if found != doc.get("sha256"):
+        raise ArtifactMismatch(str(path), "sha256", str(doc.get("sha256")), found)
+    return data

@@ -27,6 +27,7 @@ from inferq.common.errors import InvalidInput, MissingColumns
 from inferq.common.rows.coerce import to_columns
 from inferq.common.schema import prediction_batches, scoring_run_chunks, scoring_runs
 from inferq.models import registry
+from inferq.models.lifecycle import check_servable
 from inferq.producer.client import InferenceClient
 from inferq.producer.runs import FINAL, RunFailed, RunProgress, RunTracker
 from inferq.producer.sources import Source
@@ -144,6 +145,7 @@ class BulkScorer(RunTracker):
         else:
             name, version, alias = registry.parse_ref(model_ref)
             mv = registry.resolve(self.engine, name, version, alias)  # pinned for the whole run
+        check_servable(self.engine, mv)  # a retired version: refused before anything is sent
         chunk_size = chunk_size or self.client.settings.bulk_chunk_size
         columns = source.columns()
         features = self._feature_columns(mv, columns, id_column)

@@ -22,6 +22,7 @@ from inferq.common.failures import boundary, translated
 from inferq.common.rows.coerce import to_columns
 from inferq.common.settings import Settings, get_settings
 from inferq.models import registry
+from inferq.models.lifecycle import check_servable
 from inferq.producer.coalesce import Coalescer
 from inferq.producer.results import Result, fetch_results
 from sqlalchemy import Engine
@@ -126,6 +127,7 @@ class InferenceClient:
                 found = self._versions.get((model, int(version)))
                 if found is None:
                     found = registry.get_version(self.engine, model, int(version))
+                    check_servable(self.engine, found)  # ModelRetired: refused at once
                     self._versions[(model, found.version)] = found
         return found
 

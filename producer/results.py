@@ -35,6 +35,8 @@ class Result:
     scored_at: dt.datetime | None = None
     #: Machine-readable kind of an error (contract.ERROR_CODES); None for ok rows.
     error_code: str | None = None
+    #: 'sklearn' | 'onnx': the runtime that scored the row (None where no model ran).
+    runtime: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -72,6 +74,7 @@ def row_to_result(row: Any) -> Result:
         submitted_at=m["submitted_at"],
         scored_at=m["scored_at"],
         error_code=m.get("error_code"),
+        runtime=m.get("runtime"),
     )
 
 

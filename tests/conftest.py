@@ -131,6 +131,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
         INFERQ_ONLINE_MAX_DELAY_MS=str(settings.online_max_delay_ms),
         INFERQ_CONSUMER_STALL_SECONDS=str(settings.consumer_stall_seconds),
         INFERQ_START_CHECK=settings.start_check,
+        INFERQ_RELOAD_INTERVAL=str(settings.reload_interval),
+        INFERQ_SHADOW_MAX_MS=str(settings.shadow_max_ms),
+        INFERQ_ALIAS_CACHE_SECONDS=str(settings.alias_cache_seconds),
     )
     if settings.online_batching:
         env["INFERQ_ONLINE_BATCHING"] = settings.online_batching

@@ -20,6 +20,7 @@ from inferq.workers import runtime
 from inferq.workers.parking import ParkClaimer, node_queue
 from inferq.workers.preload import WorkerRuntime, limit_threads
 from inferq.workers.reconcile import InflightReconciler
+from inferq.workers.reload import ModelWatcher
 from inferq.workers.requests import patch_kombu_close_after_collect
 from inferq.workers.watchdog import ConsumerWatchdog
 
@@ -30,6 +31,7 @@ import inferq.workers.tasks  # noqa: E402,F401  (registers the task on this app)
 
 app.steps["worker"].add(InflightReconciler)
 app.steps["worker"].add(ParkClaimer)
+app.steps["worker"].add(ModelWatcher)
 patch_kombu_close_after_collect()
 app.steps["consumer"].add(ConsumerWatchdog)
 

@@ -108,6 +108,10 @@ class ScoredBatch:
     proba: np.ndarray | None = None  # (rows, classes); rows not ok are NaN
     classes: list[str] | None = None
     predict_ms: float = 0.0
+    #: 'sklearn' | 'onnx' when a model scored the batch (lineage in `predictions.runtime`).
+    runtime: str | None = None
+    #: The shadow version's result for (the first rows of) this batch (workers/shadow.py).
+    shadow: ScoredBatch | None = None
 
     @property
     def n_ok(self) -> int:

@@ -36,6 +36,9 @@ def split_scored(scored: ScoredBatch, pieces: list[Batch]) -> list[ScoredBatch]:
                 proba=None if scored.proba is None else scored.proba[start:stop],
                 classes=scored.classes,
                 predict_ms=scored.predict_ms,
+                runtime=scored.runtime,
+                # The shadow's rows carry their own job ids: written once, with the first part.
+                shadow=scored.shadow if start == 0 else None,
             )
         )
         start = stop

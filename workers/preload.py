@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from inferq.common.db import make_engine
-from inferq.common.errors import ModelUnavailable
+from inferq.common.errors import ModelRetired, ModelUnavailable
 from inferq.common.settings import Settings
 from inferq.models import registry
+from inferq.models.lifecycle import ServingState, serving_state
+from inferq.models.registry import DEFAULT_ALIAS
 from inferq.workers.deliveries import DeliveryCounter
 from inferq.workers.health import RETRY_LOAD_AFTER, HealthBoard, explain
 from inferq.workers.inference import ModelInfo
@@ -35,6 +37,30 @@ class LoadedModel:
     info: ModelInfo
     estimator: Any
     preloaded: bool
+    #: The version's serving runtime fingerprint (runtime, onnx sha256): a change reloads it.
+    runtime_sig: tuple[str, str] = ("sklearn", "")
+    #: Verified ONNX bytes when the version is served with onnxruntime (models/optimize.py).
+    onnx_bytes: bytes | None = None
+    _session: Any = None
+    _session_pid: int = 0
+
+    @property
+    def runtime(self) -> str:
+        """'onnx' when an onnxruntime session serves this version, else 'sklearn'."""
+        return "onnx" if self.onnx_bytes is not None else "sklearn"
+
+    def scorer(self) -> Any:
+        """What to call predict on: the onnxruntime session (created in this process, after
+        fork: sessions do not survive fork) or the scikit-learn estimator."""
+        if self.onnx_bytes is None:
+            return self.estimator
+        if self._session is None or self._session_pid != os.getpid():
+            from inferq.models.optimize import OnnxModel
+
+            info = self.info
+            self._session = OnnxModel(self.onnx_bytes, info.schema, info.task, info.classes)
+            self._session_pid = os.getpid()
+        return self._session
 
 
 def limit_threads() -> None:
@@ -61,6 +87,12 @@ class WorkerRuntime:
         self.unservable: dict[str, ModelUnavailable] = {}
         self._failed: dict[tuple[str, int], tuple[ModelUnavailable, float]] = {}
         self.health = HealthBoard(settings.broker_url)
+        #: From the registry's serving tables (models/lifecycle.py), followed by
+        #: workers/reload.py: retired versions are never served; shadows score beside.
+        self.retired: frozenset[tuple[str, int]] = frozenset()
+        self.shadows: dict[str, int] = {}
+        self.state_fingerprint = ""
+        self._targets: set[tuple[str, int]] = set()
 
     @property
     def engine(self) -> Engine:
@@ -72,46 +104,92 @@ class WorkerRuntime:
             self._engine_pid = os.getpid()
         return self._engine
 
+    def dispose_parent_engine(self) -> None:
+        """Close the main process's connections before children are forked again."""
+        if self._engine is not None and self._engine_pid == os.getpid():
+            self._engine.dispose()
+            self._engine = None
+
     def _load(self, mv: registry.ModelVersion, preloaded: bool) -> LoadedModel:
         """Load and describe ``mv``; a failure of this environment raises ModelUnavailable."""
+        store = self.settings.model_store_dir
         try:
-            estimator = registry.load(self.settings.model_store_dir, mv)
+            estimator = registry.load(store, mv)
+            onnx = registry.load_onnx(store, mv) if mv.runtime == "onnx" else None
         except Exception as exc:
-            raise explain(mv.ref, exc, self.settings.model_store_dir) from exc
-        return LoadedModel(ModelInfo.of(mv.name, mv.version, estimator, mv), estimator, preloaded)
+            raise explain(mv.ref, exc, store) from exc
+        info = ModelInfo.of(mv.name, mv.version, estimator, mv)
+        sig = (mv.runtime, str((mv.onnx or {}).get("sha256") or ""))
+        return LoadedModel(info, estimator, preloaded, sig, onnx)
+
+    def _wanted(self, state: ServingState) -> set[tuple[str, int]]:
+        """The versions to hold in the main process: INFERQ_PRELOAD (aliases followed), else
+        every 'production' alias; plus the shadows of those models."""
+        specs = self.settings.preload_specs()
+        wanted: set[tuple[str, int]] = set()
+        if specs is None:
+            wanted = {(n, v) for (n, a), v in state.aliases.items() if a == DEFAULT_ALIAS}
+        for spec in specs or []:
+            try:
+                name, version, alias = registry.parse_ref(spec)
+            except Exception as exc:  # one bad INFERQ_PRELOAD entry must not stop the rest
+                self.preload_failures[spec] = str(exc)
+                continue
+            target = version if version is not None else state.aliases.get((name, alias or ""))
+            if target is None:
+                self.preload_failures[spec] = f"model {name!r} has no alias {alias!r}"
+            else:
+                wanted.add((name, target))
+        names = {n for n, _ in wanted}
+        wanted |= {(n, v) for n, v in state.shadows.items() if n in names}
+        return wanted - state.retired
 
     def preload(self) -> list[str]:
         """Load the configured models (default: every 'production' alias); returns their refs."""
-        specs = self.settings.preload_specs()
-        loaded = []
         try:
-            targets: list[registry.ModelVersion] = []
-            if specs is None:
-                for name, pinned in registry.alias_targets(self.engine):
-                    targets.append(registry.get_version(self.engine, name, pinned))
-            for spec in specs or []:
-                try:
-                    name, version, alias = registry.parse_ref(spec)
-                    targets.append(registry.resolve(self.engine, name, version, alias))
-                except Exception as exc:  # one bad INFERQ_PRELOAD entry must not stop the rest
-                    self.preload_failures[spec] = str(exc)
-            for mv in targets:
-                try:
-                    self._preloaded[(mv.name, mv.version)] = self._load(mv, preloaded=True)
-                    loaded.append(mv.ref)
-                except ModelUnavailable as problem:
-                    # Not the jobs' fault: their messages are requeued (never answered) until
-                    # a worker that can load the model takes them.
-                    self.unservable[mv.ref] = problem
-                    self._failed[(mv.name, mv.version)] = (problem, time.monotonic())
-            if specs is not None:  # also check what the aliases point at (not preloaded)
+            self.apply_state(serving_state(self.engine))
+            if self.settings.preload_specs() is not None:  # also check the other alias targets
                 self._check_alias_targets()
         finally:
             # IMPORTANT: close the parent's connections before fork; children open their own.
-            if self._engine is not None:
-                self._engine.dispose()
-                self._engine = None
-        return loaded
+            self.dispose_parent_engine()
+        return self.preloaded_refs
+
+    def apply_state(self, state: ServingState) -> bool:
+        """Follow the registry (main process): load what is now wanted, drop what is retired
+        or two promotes old. True when children must be recycled to share the change."""
+        changed = state.retired != self.retired or state.shadows != self.shadows
+        self.retired, self.shadows = state.retired, dict(state.shadows)
+        self.state_fingerprint = state.fingerprint
+        wanted = self._wanted(state)
+        for key in sorted(wanted):
+            held = self._preloaded.get(key)
+            if held is not None and held.runtime_sig == state.runtimes.get(key, ("sklearn", "")):
+                continue
+            failed = self._failed.get(key)
+            if held is None and failed and time.monotonic() - failed[1] < RETRY_LOAD_AFTER:
+                continue  # failed moments ago: don't re-read a big file every round
+            mv = registry.get_version(self.engine, *key)
+            try:
+                self._preloaded[key] = self._load(mv, preloaded=True)
+                self.unservable.pop(mv.ref, None)
+                self._failed.pop(key, None)
+            except ModelUnavailable as problem:
+                # Not the jobs' fault: their messages are parked or requeued (never answered)
+                # until a worker that can load the model takes them.
+                self.unservable[mv.ref] = problem
+                self._failed[key] = (problem, time.monotonic())
+                self.health.report(problem)
+                continue
+            changed = True
+        # NOTE: the previous targets stay loaded (jobs resolved just before a promote, and
+        # bulk runs pinned to the old version, keep sharing it); older ones are dropped.
+        keep = (wanted | self._targets) - state.retired
+        for key in [k for k in self._preloaded if k not in keep]:
+            del self._preloaded[key]
+            changed = True
+        self._targets = wanted
+        return changed
 
     def _check_alias_targets(self) -> None:
         """Verify (file, sha256, scikit-learn version; no unpickling) every alias target."""
@@ -134,7 +212,18 @@ class WorkerRuntime:
     @property
     def preloaded_refs(self) -> list[str]:
         """``name@version`` of the models loaded before fork."""
-        return [f"{n}@{v}" for n, v in self._preloaded]
+        return [f"{n}@{v}" for n, v in sorted(self._preloaded)]
+
+    def shadow_model(self, name: str, version: int) -> LoadedModel | None:
+        """The shadow version of ``name`` to score beside ``version``, if any and loadable."""
+        shadow = self.shadows.get(name)
+        if shadow is None or shadow == version or self.settings.shadow_max_ms <= 0:
+            return None
+        try:
+            return self.get_model(name, shadow)
+        except Exception as exc:  # a shadow never fails the primary
+            log.warning("shadow %s@%d not available: %s", name, shadow, exc)
+            return None
 
     def get_model(self, name: str, version: int) -> LoadedModel:
         """The model for (name, version): preloaded, cached, or loaded now (may raise)."""
@@ -142,6 +231,8 @@ class WorkerRuntime:
         found = self._preloaded.get(key)
         if found is not None:
             return found
+        if key in self.retired:
+            raise ModelRetired(name, version)
         with self._lock:
             if key in self._lazy:
                 self._lazy.move_to_end(key)
@@ -150,6 +241,8 @@ class WorkerRuntime:
             if failed is not None and time.monotonic() - failed[1] < RETRY_LOAD_AFTER:
                 raise failed[0]  # failed moments ago: don't re-read a big file per message
             mv = registry.get_version(self.engine, name, version)
+            if mv.status == "retired":
+                raise ModelRetired(name, version)
             log.warning("loading %s on demand in pid %d (not preloaded)", mv.ref, os.getpid())
             try:
                 loaded = self._load(mv, preloaded=False)

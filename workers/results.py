@@ -36,6 +36,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 COLUMNS = (
     "job_id", "run_id", "key", "model_name", "model_version", "status", "label", "score",
     "probabilities", "error", "submitted_at", "scored_at", "worker", "batch_id", "error_code",
+    "runtime",
 )  # fmt: skip
 _COPY_SQL = f"COPY {{table}} ({', '.join(COLUMNS)}) FROM STDIN"
 _STAGE = "inferq_stage_predictions"
@@ -145,8 +146,9 @@ def copy_payload(scored: ScoredBatch, worker: str, now: dt.datetime) -> str:
     run = _esc(b.run_id) if b.run_id else _NULL
     middle = f"\t{_esc(scored.model_name)}\t{scored.model_version}\t"
     tail = f"\t{submitted}\t{now.isoformat()}\t{_esc(worker)}\t{_esc(b.batch_id)}\t"
+    end = f"\t{scored.runtime or _NULL}\n"
     return "".join(
-        f"{i}\t{run}\t{k}{middle}{st}\t{lb}\t{sc}\t{pr}\t{er}{tail}{cd}\n"
+        f"{i}\t{run}\t{k}{middle}{st}\t{lb}\t{sc}\t{pr}\t{er}{tail}{cd}{end}"
         for i, k, st, lb, sc, pr, er, cd in zip(
             ids, keys, status, labels, scores, probs, errors, codes, strict=True
         )
@@ -208,6 +210,7 @@ def _copy_in_one_transaction(
     try:
         with engine.begin() as conn:
             copy_rows(conn.connection.driver_connection.cursor(), "predictions", payload)  # type: ignore[union-attr]
+            _shadows(conn, parts, worker)
             ms = (time.perf_counter() - started) * 1000
             rows = [_ledger_values(p, worker, received_at, decode_ms, p.batch.n_rows, ms)
                     for p in parts]  # fmt: skip
@@ -247,6 +250,7 @@ def _write_postgres(
             f"SELECT {', '.join(COLUMNS)} FROM {_STAGE} {_on_conflict(scored.batch.rescore)}"
         )
         written = cur.rowcount
+        _shadows(conn, [scored], worker)
         ms = (time.perf_counter() - started) * 1000
         conn.execute(
             update(prediction_batches)
@@ -254,6 +258,14 @@ def _write_postgres(
             .values(n_written=written, write_ms=ms)
         )
     return WriteReport(written, False, ms)
+
+
+def _shadows(conn: Connection, parts: list[ScoredBatch], worker: str) -> None:
+    """The parts' shadow rows, in a savepoint of this transaction (workers/shadow.py)."""
+    if any(p.shadow is not None for p in parts):
+        from inferq.workers.shadow import write_shadows  # it imports this module
+
+        write_shadows(conn, parts, worker)
 
 
 def _on_conflict(rescore: bool) -> str:
@@ -276,7 +288,8 @@ def _write_sqlite(
         {"job_id": j, "run_id": b.run_id, "key": k, "model_name": scored.model_name,
          "model_version": scored.model_version, "status": st, "label": lb, "score": sc,
          "probabilities": pr, "error": er, "submitted_at": submitted, "scored_at": now,
-         "worker": worker, "batch_id": b.batch_id, "error_code": code_of(er)}
+         "worker": worker, "batch_id": b.batch_id, "error_code": code_of(er),
+         "runtime": scored.runtime}
         for j, k, st, lb, sc, pr, er in zip(b.job_ids, keys, scored.status, scored.label,
                                             scored.score, scored.probabilities, scored.error,
                                             strict=True)
@@ -295,6 +308,7 @@ def _write_sqlite(
             written = conn.execute(stmt, params).rowcount
         else:
             written = conn.execute(insert(predictions).prefix_with("OR IGNORE"), params).rowcount
+        _shadows(conn, [scored], worker)
         ms = (time.perf_counter() - started) * 1000
         conn.execute(
             update(prediction_batches)

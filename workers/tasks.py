@@ -11,8 +11,8 @@ import numpy as np
 from celery import shared_task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from inferq.common import contract
-from inferq.common.errors import ContractError, ModelUnavailable, TransientError
-from inferq.workers import runtime
+from inferq.common.errors import ContractError, ModelRetired, ModelUnavailable, TransientError
+from inferq.workers import runtime, shadow
 from inferq.workers.inference import ScoredBatch, error_batch, score_batch
 from inferq.workers.results import write_dead_letter, write_results
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -80,6 +80,8 @@ def score_message(batch: contract.Batch, soft_limit: int) -> ScoredBatch:
         loaded = runtime.get().get_model(batch.model, batch.version)
     except ModelUnavailable:
         raise
+    except ModelRetired as exc:
+        return error_batch(batch, str(exc), code="retired")
     except Exception as exc:  # unknown model/version: no worker could ever serve it
         if _transient(exc):
             raise TransientError(f"registry unavailable: {exc}") from exc
@@ -88,7 +90,9 @@ def score_message(batch: contract.Batch, soft_limit: int) -> ScoredBatch:
             batch, f"model {batch.model}@{batch.version} unavailable: {exc}", code="unknown_model"
         )
     try:
-        return score_batch(loaded.estimator, loaded.info, batch, reraise=(SoftTimeLimitExceeded,))
+        scored = score_batch(loaded.scorer(), loaded.info, batch, reraise=(SoftTimeLimitExceeded,))
+        scored.runtime = loaded.runtime
+        return shadow.attach(scored, batch, runtime.get())
     except SoftTimeLimitExceeded:
         # The hard limit kills the process shortly after: answer the jobs while there is time.
         log.error("batch %s: soft time limit reached while scoring", batch.batch_id)
@@ -261,6 +265,7 @@ def summarize(scored: ScoredBatch, report: Any, **extra: Any) -> dict[str, Any]:
         "errors": scored.n_error,
         "written": report.n_written if report is not None else 0,
         "duplicate": report.duplicate_batch if report is not None else False,
+        **({"shadow_rows": scored.shadow.batch.n_rows} if scored.shadow is not None else {}),
         **extra,
     }
 
