@@ -188,7 +188,8 @@ def print_checks(checks: dict[str, Any] | None) -> None:
         console.print("checks: none (`inferq models check NAME VERSION --reference FILE`)")
         return
     state = "[green]passed[/]" if checks.get("passed") else "[bold red]FAILED[/]"
-    console.print(f"checks: {state} on {checks.get('rows', '?')} rows ({checks.get('ran_at')})")
+    rows = f" on {checks['rows']:,} rows" if checks.get("rows") is not None else ""
+    console.print(f"checks: {state}{rows} ({checks.get('ran_at')})")
     for c in checks.get("checks") or []:
         mark = "ok " if c.get("passed") else "FAIL"
         console.print(f"  {mark} {escape(str(c.get('name')))}: {escape(str(c.get('detail')))}")

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from inferq.common.errors import InvalidInput
+from inferq.common.errors import InvalidInput, LifecycleRefused
 from inferq.common.settings import get_settings
 
 if TYPE_CHECKING:
@@ -83,35 +83,92 @@ def register(
     schema: Path | None = typer.Option(
         None, "--schema", help="JSON schema file (as `models show --json` prints) to use as is."
     ),
+    target: str | None = typer.Option(
+        None,
+        "--target",
+        help="Column of the reference holding the true label/value: the checks record "
+        "accuracy and ROC AUC (classifiers) or R² and MAE (regressors).",
+    ),
+    trust: list[str] = typer.Option(
+        [],
+        "--trust",
+        help="skops files: a type the file needs that skops does not trust by default "
+        "(repeatable; forests need sklearn.tree._tree.Tree). Review it first.",
+    ),
+    optimize: str | None = typer.Option(
+        None, "--optimize", help="'onnx': compile and serve with onnxruntime if parity holds."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="With --alias: point it here even if the checks failed."
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Register PATH as the next version of NAME (copied into the store; input schema derived)."""
-    from inferq.models import registry
+    """Register PATH (joblib or skops) as the next version of NAME.
 
+    The file is copied into the store and its input schema derived. With --reference the
+    version is checked at once, in a clean process (see `models check`); --alias then
+    promotes it only if the checks pass (the same gate as `models promote`).
+    """
+    from inferq.models import gates, lifecycle, registry
+    from inferq.models.artifacts import unneeded_trust
+
+    if target is not None and reference is None:
+        raise InvalidInput("--target needs --reference (the sample holding that column)")
+    if optimize not in (None, "onnx"):
+        raise InvalidInput(f"--optimize {optimize!r}: the only optimization is 'onnx'")
+    if optimize and reference is None:
+        raise InvalidInput("--optimize onnx needs --reference (the parity sample)")
     kinds = parse_feature_types(feature_type)
     settings = get_settings()
+    engine = _engine(settings)
     mv = registry.register(
-        _engine(settings),
+        engine,
         settings.model_store_dir,
         path,
         name,
-        alias,
+        None,
         reference=reference,
         feature_types=kinds or None,
         schema_file=schema,
+        trusted=list(trust) or None,
     )
     for warning in mv.schema_warnings:
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}")
+    for extra in unneeded_trust(path, list(trust)) if trust else []:
+        err_console.print(
+            f"[bold yellow]warning:[/] --trust {escape(extra)}: the file does not need it"
+        )
+    if reference is not None:
+        mv = gates.check_version(engine, settings.model_store_dir, mv, reference, target)
+    if optimize:
+        mv = gates.optimize_version(engine, settings.model_store_dir, mv, reference)
+    promoted = None
+    if alias is not None:
+        try:
+            promoted = lifecycle.promote(engine, name, mv.version, alias, force=force)
+        except LifecycleRefused as exc:  # the version stays registered: say so
+            raise LifecycleRefused(
+                f"registered {mv.ref} but did not point {alias} at it: {exc}"
+            ) from None
+        mv = promoted.promoted
     if as_json:
         print_json(mv.to_json())
         return
     console.print(
-        f"registered [bold]{mv.ref}[/] ({mv.estimator}, {mv.task}, {mv.n_features} features"
-        f"{', aliases: ' + ', '.join(mv.aliases) if mv.aliases else ''})"
+        f"registered [bold]{mv.ref}[/] ({mv.estimator}, {mv.task}, {mv.n_features} features, "
+        f"{mv.format}{', aliases: ' + ', '.join(mv.aliases) if mv.aliases else ''})"
     )
     console.print(f"schema: {escape(mv.schema.describe())}")
     if mv.reference:
         console.print(f"reference: {escape(_reference_text(mv.reference))}")
+    if mv.trusted:
+        console.print(f"trusted types: {escape(', '.join(mv.trusted))}")
+    if reference is not None:
+        cli_lifecycle.print_checks(mv.checks)
+    if optimize:
+        cli_lifecycle.print_onnx(mv)
+    for note in promoted.notes if promoted else []:
+        err_console.print(f"[bold yellow]note:[/] {escape(note)}")
 
 
 @models_app.command("list")

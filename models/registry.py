@@ -272,16 +272,19 @@ def register(
     reference: Path | None = None,
     feature_types: dict[str, str] | None = None,
     schema_file: Path | None = None,
+    trusted: list[str] | None = None,
 ) -> ModelVersion:
-    """Register a joblib file of a fitted estimator, with its input schema, as the next version."""
+    """Register a joblib or skops file of a fitted estimator, with its input schema, as the
+    next version. A skops file's types that skops does not trust must be named in ``trusted``."""
     import sklearn
-    from inferq.models.artifacts import read_artifact, sha256_file
+    from inferq.models.artifacts import detect_format, read_artifact, sha256_file, untrusted_types
     from inferq.models.schema_infer import infer_schema
 
     check_name(name)
     if alias is not None:
         check_name(alias, "alias")
-    model, info = read_artifact(Path(path))
+    fmt = detect_format(Path(path))
+    model, info = read_artifact(Path(path), trusted=trusted)
     # Kinds from the model, ``reference`` or ``schema_file``, then ``feature_types``; missing
     # values probed by calling the model (models/schema_infer.py).
     inferred = infer_schema(
@@ -300,12 +303,15 @@ def register(
                 select(func.max(model_versions.c.version)).where(model_versions.c.name == name)
             ).scalar()
         version = (latest or 0) + 1
-        rel = Path(name) / str(version) / "model.joblib"
+        rel = Path(name) / str(version) / f"model.{fmt}"
         dest = model_store / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_suffix(".tmp")
         shutil.copyfile(path, tmp)
         digest = sha256_file(tmp)
+        # NOTE: the trusted list is read from the stored copy (the bytes workers will load):
+        # exactly the types it needs, all of which the caller named.
+        needs = untrusted_types(tmp) if fmt == "skops" else None
         try:
             with engine.begin() as conn:
                 conn.execute(
@@ -325,6 +331,8 @@ def register(
                         created_at=_now(),
                         input_schema=inferred.document(),
                         reference=inferred.reference,
+                        format=fmt,
+                        trusted=needs,
                     )
                 )
         except SAIntegrityError:
