@@ -58,6 +58,13 @@ def explain(ref: str, exc: BaseException, model_store: Path) -> ModelUnavailable
             f"expected {exc.expected[:12]}...)",
             "restore the registered file in the model store, or register the model again",
         )
+    if type(exc).__name__ == "UntrustedTypesFoundException":  # skops, without importing it
+        return ModelUnavailable(
+            ref,
+            f"its skops file needs types this worker's skops does not trust ({exc})",
+            "install the skops version the model was registered with (newer releases trust "
+            "fewer types), or register it again with --trust for those types",
+        )
     if isinstance(exc, ModuleNotFoundError):
         return ModelUnavailable(
             ref,

@@ -279,3 +279,78 @@ def _shadow_rows(engine, ids: list[str]) -> int:
                 {"ids": ids},
             ).scalar()
         )
+
+
+def test_onnx_and_skops_versions_are_served_by_workers(tmp_path, pg_url, redis_url, start_worker):
+    """A mixed-type pipeline optimized to ONNX (parity held) is served with onnxruntime,
+    a skops forest with its recorded trusted types, and HistGradientBoosting, which does not
+    convert, stays on scikit-learn with the reason recorded. Rows name their runtime."""
+    import pandas as pd
+    import skops.io as sio
+    from inferq.models import gates
+    from sklearn.compose import make_column_transformer
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    from inferq import migrations
+
+    settings = make_settings(tmp_path, database_url=pg_url, broker_url=redis_url)
+    migrations.upgrade(settings)
+    engine = make_engine(settings)
+    store = settings.model_store_dir
+    rng = np.random.default_rng(11)
+    n = 600
+    frame = pd.DataFrame(
+        {
+            "tenure": rng.integers(1, 72, n).astype(float),
+            "spend": rng.normal(70, 20, n),
+            "plan": rng.choice(["basic", "plus", "pro"], n).astype(object),
+            "region": rng.choice(["north", "south", "east", "west"], n).astype(object),
+        }
+    )
+    frame.loc[rng.random(n) < 0.1, "spend"] = np.nan
+    y = ((frame.tenure < 25) ^ (rng.random(n) < 0.1)).astype(int)
+    mixed = make_pipeline(
+        make_column_transformer(
+            (OneHotEncoder(handle_unknown="ignore"), ["plan", "region"]),
+            (make_pipeline(SimpleImputer(), StandardScaler()), ["tenure", "spend"]),
+        ),
+        LogisticRegression(max_iter=1000),
+    ).fit(frame, y)
+    ref = tmp_path / "reference.csv"
+    frame.to_csv(ref, index=False)
+    joblib.dump(mixed, tmp_path / "mixed.joblib")
+    mv = registry.register(engine, store, tmp_path / "mixed.joblib", "churn", "production",
+                           reference=ref)  # fmt: skip
+    mv = gates.optimize_version(engine, store, mv, None)
+    assert mv.runtime == "onnx" and mv.onnx["status"] == "ok", mv.onnx
+    assert mv.onnx["parity"]["label_agreement"] == 1.0
+
+    x = rng.normal(size=(300, 6))
+    forest = RandomForestClassifier(n_estimators=10, random_state=0).fit(x, x[:, 0] > 0)
+    sio.dump(forest, tmp_path / "forest.skops")
+    registry.register(engine, store, tmp_path / "forest.skops", "forest", "production",
+                      trusted=["sklearn.tree._tree.Tree"])  # fmt: skip
+    hgb = HistGradientBoostingClassifier(max_iter=10).fit(x, x[:, 1] > 0)
+    joblib.dump(hgb, tmp_path / "hgb.joblib")
+    pd.DataFrame(x, columns=[f"x{j}" for j in range(6)]).to_csv(tmp_path / "x.csv", index=False)
+    hv = registry.register(engine, store, tmp_path / "hgb.joblib", "hgb", "production",
+                           reference=tmp_path / "x.csv")  # fmt: skip
+    hv = gates.optimize_version(engine, store, hv, None)
+    assert hv.runtime == "sklearn" and hv.onnx["status"] == "failed"
+    assert "HistGradientBoostingClassifier" in hv.onnx["reason"]
+
+    start_worker(settings, concurrency=1)
+    rows = frame.head(80)
+    with InferenceClient(settings) as client:
+        churn = client.wait(client.submit("churn", rows), timeout=60)
+        trees = client.wait(client.submit("forest", x[:50]), timeout=60)
+        boosted = client.wait(client.submit("hgb", x[:20]), timeout=60)
+    assert all(r.ok and r.runtime == "onnx" for r in churn)
+    np.testing.assert_allclose([r.score for r in churn], mixed.predict_proba(rows)[:, 1], atol=1e-4)
+    assert [r.label for r in churn] == [str(v) for v in mixed.predict(rows)]
+    assert all(r.ok and r.runtime == "sklearn" for r in trees + boosted)
+    np.testing.assert_array_equal([r.score for r in trees], forest.predict_proba(x[:50])[:, 1])
