@@ -66,6 +66,9 @@ model_versions = Table(
     # What workers serve it with: 'sklearn', or 'onnx' once a parity check passed.
     Column("runtime", Text, nullable=False, server_default="sklearn"),
     Column("onnx", JSONDoc, nullable=True),  # conversion + parity report (models/optimize.py)
+    # Drift baseline from the reference sample (common/drift.py): frozen bin edges and the
+    # reference share per bin, per feature and for the output; calibration for estimates.
+    Column("baseline", JSONDoc, nullable=True),
 )
 
 model_aliases = Table(
@@ -103,6 +106,47 @@ predictions = Table(
     Column("runtime", Text, nullable=True),
     Index(None, "model_name", "scored_at"),
     Index(None, "run_id"),
+    Index(None, "key"),  # feedback joins by key; latest_predictions
+)
+
+#: Exact bin counts per feature and for the output, added by workers in the results'
+#: transaction (no feature values stored). Drift for a window is a SUM over these rows.
+drift_counts = Table(
+    "drift_counts",
+    metadata,
+    Column("model_name", Text, primary_key=True),
+    Column("model_version", Integer, primary_key=True),
+    Column("bucket", TZ, primary_key=True),  # the hour the rows were scored in
+    Column("worker", Text, primary_key=True),  # node:pid: one writer per row, no lock waits
+    Column("feature", Text, primary_key=True),  # a feature name, or "__output__"
+    Column("bin", Integer, primary_key=True),
+    Column("n", BigInteger, nullable=False),
+)
+
+#: Confidence-based accuracy estimate (CBPE): calibrated P(correct) summed per hour.
+accuracy_estimates = Table(
+    "accuracy_estimates",
+    metadata,
+    Column("model_name", Text, primary_key=True),
+    Column("model_version", Integer, primary_key=True),
+    Column("bucket", TZ, primary_key=True),
+    Column("worker", Text, primary_key=True),
+    Column("n", BigInteger, nullable=False),
+    Column("expected_correct", Double, nullable=False),
+)
+
+#: Ground truth, joined to predictions by job id or by key, whenever it arrives.
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("model_name", Text, primary_key=True),  # '*' = any model (job ids are global)
+    Column("ref_kind", Text, primary_key=True),  # 'job' | 'key'
+    Column("ref", Text, primary_key=True),
+    Column("label", Text, nullable=True),  # classifiers: the true class, as text
+    Column("value", Double, nullable=True),  # regressors: the true value
+    Column("loaded_at", TZ, nullable=False),
+    Column("source", Text, nullable=True),  # file or "client"
+    Index(None, "ref"),
 )
 
 #: The version each model's jobs are also scored by, next to the primary (`models shadow`).

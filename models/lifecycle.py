@@ -236,8 +236,8 @@ def set_shadow(engine: Engine, name: str, version: int | None) -> ModelVersion |
 
 
 def record(engine: Engine, name: str, version: int, **values: Any) -> ModelVersion:
-    """Store lifecycle facts on a version (``checks=``, ``onnx=``, ``runtime=``)."""
-    allowed = {"checks", "onnx", "runtime"}
+    """Store lifecycle facts on a version (``checks=``, ``onnx=``, ``runtime=``, ``baseline=``)."""
+    allowed = {"checks", "onnx", "runtime", "baseline"}
     unknown = set(values) - allowed
     if unknown:
         raise ValueError(f"not a lifecycle column: {', '.join(sorted(unknown))}")

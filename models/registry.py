@@ -57,6 +57,8 @@ class ModelVersion:
     #: ONNX conversion and parity report (models/optimize.py); None if never optimized.
     onnx: dict[str, Any] | None = None
     shadow: bool = False  # the model's jobs are also scored by this version
+    #: Drift baseline (common/drift.py Baseline.to_json()); None: no reference given.
+    baseline: dict[str, Any] | None = None
     _schema: InputSchema | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -117,6 +119,7 @@ def _row_to_mv(row: Any, aliases: list[str] | None = None, shadow: bool = False)
         runtime=m["runtime"],
         onnx=m["onnx"],
         shadow=shadow,
+        baseline=m["baseline"],
     )
 
 
