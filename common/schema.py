@@ -121,6 +121,7 @@ drift_counts = Table(
     Column("feature", Text, primary_key=True),  # a feature name, or "__output__"
     Column("bin", Integer, primary_key=True),
     Column("n", BigInteger, nullable=False),
+    Index(None, "model_name", "bucket"),  # a window of one model, whatever its versions
 )
 
 #: Confidence-based accuracy estimate (CBPE): calibrated P(correct) summed per hour.

@@ -122,6 +122,12 @@ class Settings(BaseSettings):
         "predict time: it scores as many of the batch's rows as fit (estimated from its "
         "last calls); 0 = no shadow scoring on this worker.",
     )
+    drift_window: str = Field(
+        default="24h",
+        pattern=r"^\s*\d+(\.\d+)?\s*[smhdwSMHDW]\s*$",
+        description="Window `inferq metrics` exports drift for (PSI per model, version and "
+        "feature against its baseline), e.g. 1h, 24h, 7d.",
+    )
     start_check: Literal["any", "all", "off"] = Field(
         default="any",
         description="At start the worker loads its preload set and checks every alias target; "

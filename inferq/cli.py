@@ -122,6 +122,9 @@ def _register_run_commands() -> None:
     from inferq.cli_dead import dead_app
 
     app.add_typer(dead_app, name="dead-letters")
+    from inferq import cli_monitor
+
+    app.command("drift")(cli_monitor.drift)
 
 
 _register_run_commands()

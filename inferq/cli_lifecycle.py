@@ -257,3 +257,53 @@ def print_onnx(mv: Any) -> None:
         )
     else:
         console.print(f"{mv.ref} is served with scikit-learn (not optimized)")
+
+
+@models_app.command("baseline")
+def baseline(
+    name: str = typer.Argument(..., help="Model name."),
+    version: int = typer.Argument(..., help="Version to freeze the drift baseline of."),
+    reference: Path | None = typer.Option(
+        None, "--reference", help="CSV/Parquet sample (default: the one given at registration)."
+    ),
+    target: str | None = typer.Option(
+        None,
+        "--target",
+        help="Column with the true label: also fit the calibration that estimated accuracy "
+        "needs (use held-out data, not the training set).",
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Freeze NAME@VERSION's drift baseline from a reference sample.
+
+    Per feature: bin edges (numbers: reference quantiles; text: the most frequent categories
+    plus "other" and "missing") and the reference's share per bin; the same for the output.
+    Workers count every batch against these bins from now on (see `inferq drift`).
+    """
+    from inferq.models import gates, registry
+
+    settings = get_settings()
+    engine = _engine(settings)
+    mv = registry.get_version(engine, name, version)
+    mv = gates.baseline_version(engine, settings.model_store_dir, mv, reference, target)
+    if as_json:
+        print_json({"model": mv.ref, "baseline": mv.baseline})
+        return
+    print_baseline(mv)
+
+
+def print_baseline(mv: Any) -> None:
+    """One line about the version's drift baseline."""
+    doc = mv.baseline or {}
+    if not doc:
+        console.print(
+            f"{mv.ref}: no drift baseline (`inferq models baseline {mv.name} {mv.version} "
+            "--reference FILE`)"
+        )
+        return
+    n = len(doc.get("features") or [])
+    cal = ", calibrated for estimated accuracy" if doc.get("calibration") else ""
+    console.print(
+        f"drift baseline: {n} features + output, from {doc.get('ref_rows', '?'):,} reference "
+        f"rows{cal}"
+    )

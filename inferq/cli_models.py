@@ -140,6 +140,10 @@ def register(
         )
     if reference is not None:
         mv = gates.check_version(engine, settings.model_store_dir, mv, reference, target)
+        try:
+            mv = gates.baseline_version(engine, settings.model_store_dir, mv, reference, target)
+        except InvalidInput as exc:  # the version is registered: say why drift is not tracked
+            err_console.print(f"[bold yellow]warning:[/] no drift baseline: {escape(str(exc))}")
     if optimize:
         mv = gates.optimize_version(engine, settings.model_store_dir, mv, reference)
     promoted = None
@@ -165,6 +169,7 @@ def register(
         console.print(f"trusted types: {escape(', '.join(mv.trusted))}")
     if reference is not None:
         cli_lifecycle.print_checks(mv.checks)
+        cli_lifecycle.print_baseline(mv)
     if optimize:
         cli_lifecycle.print_onnx(mv)
     for note in promoted.notes if promoted else []:
@@ -244,6 +249,7 @@ def show(
         console.print(f"{key:<{width}}  {escape(value)}", soft_wrap=True)
     cli_lifecycle.print_onnx(mv)
     cli_lifecycle.print_checks(mv.checks)
+    cli_lifecycle.print_baseline(mv)
     console.print(_schema_table(mv.schema))
 
 

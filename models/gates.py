@@ -86,6 +86,32 @@ def optimize_version(
     return lifecycle.record(engine, mv.name, mv.version, onnx=report, runtime="onnx")
 
 
+def baseline_version(
+    engine: Engine, store: Path, mv: ModelVersion, reference: Path | None, target: str | None
+) -> ModelVersion:
+    """Freeze the drift baseline of ``mv`` from a reference sample (and, with ``target``, the
+    calibration the accuracy estimate needs) and record it; workers count against it."""
+    from inferq.models.baseline import build_baseline
+    from inferq.models.reference import read_reference, reference_features
+    from inferq.workers.inference import ModelInfo
+
+    path = reference_path(mv, reference)
+    text = [f.name for f in mv.schema.features if f.is_text]
+    frame, _meta = read_reference(path, text=text)
+    target_values = None
+    if target is not None:
+        if target not in frame.columns:
+            shown = ", ".join(map(str, list(frame.columns)[:20]))
+            raise InvalidInput(f"reference {path} has no column {target!r} (columns: {shown})")
+        target_values = frame[target].to_numpy()
+        frame = frame.drop(columns=[target])
+    features = reference_features(frame, mv.n_features, mv.feature_names, str(path), mv.ref)
+    model = registry.load(store, mv)
+    info = ModelInfo.of(mv.name, mv.version, model, mv)
+    base = build_baseline(model, info, features, target_values)
+    return lifecycle.record(engine, mv.name, mv.version, baseline=base.to_json())
+
+
 def deoptimize(engine: Engine, mv: ModelVersion) -> ModelVersion:
     """Serve the version with scikit-learn again (the ONNX report is kept)."""
     return lifecycle.record(engine, mv.name, mv.version, runtime="sklearn")

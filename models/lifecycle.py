@@ -18,7 +18,7 @@ from inferq.common.errors import LifecycleRefused, ModelRetired
 from inferq.common.schema import model_aliases, model_shadows, model_versions
 from inferq.models import registry
 from inferq.models.registry import DEFAULT_ALIAS, ModelVersion
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, delete, insert, select, tuple_, update
 
 
 def _now() -> dt.datetime:
@@ -34,8 +34,8 @@ class ServingState:
     #: name -> shadow version
     shadows: dict[str, int] = field(default_factory=dict)
     retired: frozenset[tuple[str, int]] = frozenset()
-    #: (name, version) -> (runtime, onnx sha256 or "") for alias and shadow targets
-    runtimes: dict[tuple[str, int], tuple[str, str]] = field(default_factory=dict)
+    #: (name, version) -> serving_sig() of every alias and shadow target
+    runtimes: dict[tuple[str, int], tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def fingerprint(self) -> str:
@@ -67,23 +67,42 @@ def serving_state(engine: Engine) -> ServingState:
             r.name: int(r.version)
             for r in conn.execute(select(model_shadows.c.name, model_shadows.c.version))
         }
-        rows = conn.execute(
-            select(
-                model_versions.c.name,
-                model_versions.c.version,
-                model_versions.c.status,
-                model_versions.c.runtime,
-                model_versions.c.onnx,
-            ).where((model_versions.c.status != "active") | (model_versions.c.runtime != "sklearn"))
-        ).all()
-    retired = frozenset((r.name, int(r.version)) for r in rows if r.status == "retired")
-    wanted = {(n, v) for (n, _a), v in aliases.items()} | set(shadows.items())
-    runtimes = {
-        (r.name, int(r.version)): (r.runtime, str((r.onnx or {}).get("sha256") or ""))
-        for r in rows
-        if r.runtime != "sklearn" and (r.name, int(r.version)) in wanted
-    }
+        retired = frozenset(
+            (r.name, int(r.version))
+            for r in conn.execute(
+                select(model_versions.c.name, model_versions.c.version).where(
+                    model_versions.c.status == "retired"
+                )
+            )
+        )
+        wanted = {(n, v) for (n, _a), v in aliases.items()} | set(shadows.items())
+        runtimes: dict[tuple[str, int], tuple[str, ...]] = {}
+        if wanted:
+            key = tuple_(model_versions.c.name, model_versions.c.version)
+            for r in conn.execute(
+                select(
+                    model_versions.c.name,
+                    model_versions.c.version,
+                    model_versions.c.runtime,
+                    model_versions.c.onnx,
+                    model_versions.c.baseline,
+                ).where(key.in_(sorted(wanted)))
+            ):
+                runtimes[(r.name, int(r.version))] = serving_sig(r)
     return ServingState(aliases, shadows, retired, runtimes)
+
+
+#: serving_sig() of a version served with scikit-learn and no drift baseline.
+DEFAULT_SIG = ("sklearn", "", "")
+
+
+def serving_sig(mv: Any) -> tuple[str, ...]:
+    """What a worker must reload a version for: its runtime, its ONNX file, its baseline."""
+    onnx = str((mv.onnx or {}).get("sha256") or "")
+    base = ""
+    if mv.baseline:
+        base = hashlib.sha256(json.dumps(mv.baseline, sort_keys=True).encode()).hexdigest()[:16]
+    return (mv.runtime, onnx, base)
 
 
 def check_servable(engine: Engine, mv: ModelVersion) -> ModelVersion:

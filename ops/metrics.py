@@ -47,6 +47,10 @@ METRICS = {
     "registered model version (its jobs wait; see the worker log for the fix)",
     "inferq_parked_messages": "gauge{model}: messages parked because the worker that took "
     "them could not load their model version (they wait for a worker that can)",
+    "inferq_drift_psi": "gauge{model,version,feature}: PSI of the drift window "
+    "(INFERQ_DRIFT_WINDOW) against the version's baseline; feature __output__ is the output",
+    "inferq_drift_flagged": "gauge{model,version,feature}: 1 when `inferq drift` flags the "
+    "feature (above 0.1 and above sampling noise for the window's rows), else 0",
     "inferq_up": "gauge{source=broker|database}: 1 when the last read worked",
     "inferq_exporter_ledger_lag_seconds": "gauge: how far the ledger reader is behind now",
 }
@@ -202,6 +206,9 @@ class InferqCollector(Collector):
         self._unservable: list[dict[str, Any]] = []
         self._parked: dict[str, int] = {}
         self._rows_per_message: dict[str, tuple[int, int]] = {}  # queue -> (batches, rows)
+        self.engine = engine
+        self._drift: list[tuple[str, int, str, float, bool]] = []
+        self._drift_at = 0.0
         r = self._registry = CollectorRegistry(auto_describe=False)
         mq = ["model", "queue"]
         self.rows = Counter("inferq_rows_scored", METRICS["inferq_rows_scored_total"], mq,
@@ -246,6 +253,12 @@ class InferqCollector(Collector):
         except Exception as exc:  # a scrape must still answer (with inferq_up 0)
             log.warning("ledger read failed: %s", exc)
             self._up["database"] = 0.0
+        if time.monotonic() - self._drift_at >= DRIFT_REFRESH:
+            self._drift_at = time.monotonic()
+            try:
+                self._drift = read_drift(self.engine, self.settings.drift_window)
+            except Exception as exc:
+                log.warning("drift read failed: %s", exc)
         if self.probe is not None:
             try:
                 self._depths, self._unacked = self.probe.read()
@@ -293,12 +306,41 @@ class InferqCollector(Collector):
             for ref, count in sorted(self._parked.items()):
                 held.add_metric([ref], count)
             yield held
+        psi = _gauge("inferq_drift_psi", ["model", "version", "feature"])
+        flagged = _gauge("inferq_drift_flagged", ["model", "version", "feature"])
+        for model, version, feature, value, flag in self._drift:
+            psi.add_metric([model, str(version), feature], value)
+            flagged.add_metric([model, str(version), feature], float(flag))
+        yield from (psi, flagged)
         up = _gauge("inferq_up", ["source"])
         for source, value in self._up.items():
             if source == "database" or self.probe is not None:
                 up.add_metric([source], value)
         yield up
         yield _gauge("inferq_exporter_ledger_lag_seconds", value=self.ledger.lag_seconds())
+
+
+#: Drift is recomputed at most this often (seconds): it changes by the hour, not the scrape.
+DRIFT_REFRESH = 60.0
+
+
+def read_drift(engine: Engine, window: str) -> list[tuple[str, int, str, float, bool]]:
+    """(model, version, feature, PSI, flagged) of every model with counts in the window."""
+    from inferq.common.timewindow import since
+    from inferq.ops.drift import drift_report
+    from sqlalchemy import text
+
+    start = since(window)
+    with engine.connect() as conn:
+        names = [r[0] for r in conn.execute(
+            text("SELECT DISTINCT model_name FROM drift_counts WHERE bucket >= :s"), {"s": start}
+        )]  # fmt: skip
+    out = []
+    for name in sorted(names):
+        for g in drift_report(engine, name, start):
+            for f in g.features:
+                out.append((name, g.version, f.feature, f.psi, f.verdict in ("warn", "drift")))
+    return out
 
 
 def _gauge(name: str, labels: list[str] | None = None, value: float | None = None) -> Any:

@@ -112,6 +112,8 @@ class ScoredBatch:
     runtime: str | None = None
     #: The shadow version's result for (the first rows of) this batch (workers/shadow.py).
     shadow: ScoredBatch | None = None
+    #: Drift bin counts and accuracy estimate of this batch (workers/monitor.py).
+    monitor: Any = None
 
     @property
     def n_ok(self) -> int:

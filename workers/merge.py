@@ -39,6 +39,7 @@ def split_scored(scored: ScoredBatch, pieces: list[Batch]) -> list[ScoredBatch]:
                 runtime=scored.runtime,
                 # The shadow's rows carry their own job ids: written once, with the first part.
                 shadow=scored.shadow if start == 0 else None,
+                monitor=scored.monitor if start == 0 else None,  # counts of the whole group
             )
         )
         start = stop

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from inferq.common.db import make_engine
+from inferq.common.drift import Baseline
 from inferq.common.errors import ModelRetired, ModelUnavailable
 from inferq.common.settings import Settings
 from inferq.models import registry
-from inferq.models.lifecycle import ServingState, serving_state
+from inferq.models.lifecycle import DEFAULT_SIG, ServingState, serving_sig, serving_state
 from inferq.models.registry import DEFAULT_ALIAS
 from inferq.workers.deliveries import DeliveryCounter
 from inferq.workers.health import RETRY_LOAD_AFTER, HealthBoard, explain
@@ -38,9 +39,11 @@ class LoadedModel:
     estimator: Any
     preloaded: bool
     #: The version's serving runtime fingerprint (runtime, onnx sha256): a change reloads it.
-    runtime_sig: tuple[str, str] = ("sklearn", "")
+    runtime_sig: tuple[str, ...] = ("sklearn", "", "")
     #: Verified ONNX bytes when the version is served with onnxruntime (models/optimize.py).
     onnx_bytes: bytes | None = None
+    #: The version's drift baseline (common/drift.py), None without a reference sample.
+    baseline: Any = None
     _session: Any = None
     _session_pid: int = 0
 
@@ -119,8 +122,13 @@ class WorkerRuntime:
         except Exception as exc:
             raise explain(mv.ref, exc, store) from exc
         info = ModelInfo.of(mv.name, mv.version, estimator, mv)
-        sig = (mv.runtime, str((mv.onnx or {}).get("sha256") or ""))
-        return LoadedModel(info, estimator, preloaded, sig, onnx)
+        loaded = LoadedModel(info, estimator, preloaded, serving_sig(mv), onnx)
+        if mv.baseline:
+            try:
+                loaded.baseline = Baseline.from_json(mv.baseline)
+            except Exception as exc:  # monitoring must never stop serving
+                log.error("%s: drift baseline unreadable, not counted: %s", mv.ref, exc)
+        return loaded
 
     def _wanted(self, state: ServingState) -> set[tuple[str, int]]:
         """The versions to hold in the main process: INFERQ_PRELOAD (aliases followed), else
@@ -164,7 +172,7 @@ class WorkerRuntime:
         wanted = self._wanted(state)
         for key in sorted(wanted):
             held = self._preloaded.get(key)
-            if held is not None and held.runtime_sig == state.runtimes.get(key, ("sklearn", "")):
+            if held is not None and held.runtime_sig == state.runtimes.get(key, DEFAULT_SIG):
                 continue
             failed = self._failed.get(key)
             if held is None and failed and time.monotonic() - failed[1] < RETRY_LOAD_AFTER:

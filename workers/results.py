@@ -30,6 +30,7 @@ import numpy as np
 from inferq.common.contract import code_of
 from inferq.common.schema import dead_letters, prediction_batches, predictions
 from inferq.workers.inference import ScoredBatch
+from inferq.workers.monitor import write_counts
 from sqlalchemy import Connection, Engine, insert, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -211,6 +212,7 @@ def _copy_in_one_transaction(
         with engine.begin() as conn:
             copy_rows(conn.connection.driver_connection.cursor(), "predictions", payload)  # type: ignore[union-attr]
             _shadows(conn, parts, worker)
+            write_counts(conn, parts, worker)
             ms = (time.perf_counter() - started) * 1000
             rows = [_ledger_values(p, worker, received_at, decode_ms, p.batch.n_rows, ms)
                     for p in parts]  # fmt: skip
@@ -251,6 +253,7 @@ def _write_postgres(
         )
         written = cur.rowcount
         _shadows(conn, [scored], worker)
+        write_counts(conn, [scored], worker)
         ms = (time.perf_counter() - started) * 1000
         conn.execute(
             update(prediction_batches)
@@ -309,6 +312,8 @@ def _write_sqlite(
         else:
             written = conn.execute(insert(predictions).prefix_with("OR IGNORE"), params).rowcount
         _shadows(conn, [scored], worker)
+        write_counts(conn, [scored], worker)
+        write_counts(conn, [scored], worker)
         ms = (time.perf_counter() - started) * 1000
         conn.execute(
             update(prediction_batches)

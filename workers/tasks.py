@@ -12,7 +12,7 @@ from celery import shared_task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from inferq.common import contract
 from inferq.common.errors import ContractError, ModelRetired, ModelUnavailable, TransientError
-from inferq.workers import runtime, shadow
+from inferq.workers import monitor, runtime, shadow
 from inferq.workers.inference import ScoredBatch, error_batch, score_batch
 from inferq.workers.results import write_dead_letter, write_results
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -92,6 +92,7 @@ def score_message(batch: contract.Batch, soft_limit: int) -> ScoredBatch:
     try:
         scored = score_batch(loaded.scorer(), loaded.info, batch, reraise=(SoftTimeLimitExceeded,))
         scored.runtime = loaded.runtime
+        monitor.attach(scored, loaded.baseline, loaded.info.schema)
         return shadow.attach(scored, batch, runtime.get())
     except SoftTimeLimitExceeded:
         # The hard limit kills the process shortly after: answer the jobs while there is time.

@@ -39,6 +39,9 @@ def upgrade() -> None:
             name=op.f("pk_drift_counts"),
         ),
     )  # fmt: skip
+    op.create_index(
+        op.f("ix_drift_counts_model_name_bucket"), "drift_counts", ["model_name", "bucket"]
+    )
     op.create_table(
         "accuracy_estimates",
         sa.Column("model_name", sa.Text(), nullable=False),
@@ -72,6 +75,7 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_feedback_ref"), "feedback")
     op.drop_table("feedback")
     op.drop_table("accuracy_estimates")
+    op.drop_index(op.f("ix_drift_counts_model_name_bucket"), "drift_counts")
     op.drop_table("drift_counts")
     with op.batch_alter_table("model_versions") as batch:
         batch.drop_column("baseline")
