@@ -44,7 +44,7 @@ class ServingState:
             "a": sorted((n, a, v) for (n, a), v in self.aliases.items()),
             "s": sorted(self.shadows.items()),
             "r": sorted(self.retired),
-            "t": sorted((n, v, r, s) for (n, v), (r, s) in self.runtimes.items()),
+            "t": sorted((n, v, *sig) for (n, v), sig in self.runtimes.items()),
         }
         return hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:16]
 

@@ -1,0 +1,129 @@
+"""`python -m inferq.bench.monitoring`: what drift counting costs bulk throughput.
+
+The same mixed-type model (5 text categories + 15 numbers) is registered twice: without a
+reference (no baseline: workers count nothing) and with one (workers add exact bin counts
+per feature and for the output, and the accuracy estimate, in each batch's transaction).
+`inferq score` runs over the same Parquet file for each, alternating, `--repeat` times; the
+best run of each is compared (the machine's noise is larger than the effect).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import joblib
+from inferq.bench import scenarios
+from inferq.bench.data import MIXED_FEATURES, _mixed_model, make_mixed_rows
+from inferq.bench.env import ROOT, bench_env
+from rich.console import Console
+
+console = Console()
+START, END = "<!-- bench-monitoring:start -->", "<!-- bench-monitoring:end -->"
+
+
+def run(rows: int, workers: int, repeat: int, chunk: int) -> dict[str, Any]:
+    """Throughput with counting off and on (best of ``repeat`` alternating runs each)."""
+    from inferq.common.db import make_engine
+    from inferq.models import gates, registry
+
+    out: dict[str, Any] = {"rows": rows, "workers": workers, "chunk": chunk, "runs": []}
+    with bench_env() as settings:
+        folder = settings.home_dir / "data"
+        folder.mkdir(parents=True)
+        model = _mixed_model(20_000)
+        path = folder / "mixed.joblib"
+        joblib.dump(model, path)
+        reference = make_mixed_rows(5_000, seed=5)
+        reference["y"] = model.predict(reference[MIXED_FEATURES])
+        ref_file = folder / "reference.csv"
+        reference.drop(columns=["id"]).to_csv(ref_file, index=False)
+        engine = make_engine(settings)
+        store = settings.model_store_dir
+        registry.register(engine, store, path, "plain", "production")
+        mv = registry.register(engine, store, path, "counted", "production", reference=ref_file)
+        gates.baseline_version(engine, store, mv, None, "y")
+        engine.dispose()
+        data = folder / "rows.parquet"
+        make_mixed_rows(rows, seed=11).to_parquet(data, row_group_size=100_000)
+        for i in range(repeat):
+            for name in ("plain", "counted"):
+                console.print(f"[{name}] run {i + 1}/{repeat}: {rows:,} rows ...")
+                r = scenarios.bulk(settings, name, data, workers, chunk, f"{name}-{i}")
+                out["runs"].append({"model": name, **r})
+        counted = make_engine(settings)
+        with counted.connect() as conn:
+            out["count_rows"] = conn.exec_driver_sql("SELECT count(*) FROM drift_counts").scalar()
+        counted.dispose()
+    for name in ("plain", "counted"):
+        out[name] = max(r["rows_per_s"] for r in out["runs"] if r["model"] == name)
+    out["ratio"] = out["counted"] / out["plain"]
+    return out
+
+
+def markdown(res: dict[str, Any]) -> str:
+    """The BENCHMARKS.md block."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    runs = ", ".join(f"{r['model']} {r['rows_per_s']:,.0f}" for r in res["runs"])
+    return "\n".join(
+        [
+            START,
+            f"Run {dt.date.today()} on {os.cpu_count()} cores ({cpu}), "
+            f"`python -m inferq.bench.monitoring --rows {res['rows']}`: mixed-type model, "
+            f"{res['workers']} worker processes, chunks of {res['chunk']:,} rows, best of "
+            f"{len(res['runs']) // 2} alternating runs each.",
+            "",
+            "| drift counting | bulk rows/s |",
+            "| --- | ---: |",
+            f"| off (no baseline) | {res['plain']:,.0f} |",
+            f"| on (20 features + output + estimate) | {res['counted']:,.0f} |",
+            f"| on / off | {res['ratio']:.3f} |",
+            "",
+            f"All runs (rows/s): {runs}. `drift_counts` rows after the counted runs: "
+            f"{res['count_rows']:,}.",
+            END,
+        ]
+    )
+
+
+def write(path: Path, block: str) -> None:
+    """Replace the block between the markers (append a section the first time)."""
+    text = path.read_text()
+    if START in text:
+        head, rest = text.split(START, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n## Drift counting cost (issue 14)\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def main() -> None:
+    """Command-line entry point."""
+    p = argparse.ArgumentParser(prog="python -m inferq.bench.monitoring", description=__doc__)
+    p.add_argument("--rows", type=int, default=200_000)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--chunk-size", type=int, default=5000)
+    p.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    p.add_argument("--no-write", action="store_true", help="print only")
+    args = p.parse_args()
+    res = run(args.rows, args.workers, args.repeat, args.chunk_size)
+    block = markdown(res)
+    console.print(block)
+    if not args.no_write:
+        write(args.output, block)
+
+
+if __name__ == "__main__":
+    main()
