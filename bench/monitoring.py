@@ -35,7 +35,7 @@ def run(rows: int, workers: int, repeat: int, chunk: int) -> dict[str, Any]:
     with bench_env() as settings:
         folder = settings.home_dir / "data"
         folder.mkdir(parents=True)
-        model = _mixed_model(20_000)
+        model: Any = _mixed_model(20_000)
         path = folder / "mixed.joblib"
         joblib.dump(model, path)
         reference = make_mixed_rows(5_000, seed=5)

@@ -126,6 +126,20 @@ class Baseline:
             return self.output
         return next((f for f in self.features if f.name == name), None)
 
+    def layout(self) -> list[tuple[FeatureBins, int]]:
+        """Each feature's bins (the output's last) and its offset in one flat counts vector:
+        how `drift_counts.counts` is laid out for this baseline."""
+        out, offset = [], 0
+        for fb in (*self.features, *((self.output,) if self.output is not None else ())):
+            out.append((fb, offset))
+            offset += fb.n_bins
+        return out
+
+    @property
+    def width(self) -> int:
+        """Length of the flat counts vector (every feature's bins, then the output's)."""
+        return sum(fb.n_bins for fb, _ in self.layout())
+
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (stored in `model_versions.baseline`)."""
         return {
@@ -148,6 +162,15 @@ class Baseline:
             if cal
             else None,
         )
+
+
+def baseline_id(doc: dict[str, Any]) -> str:
+    """A short, stable id of a baseline document: counts are kept per baseline id, so a
+    version given a new baseline never mixes counts of two bin layouts."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _edge_texts(edges: Sequence[float]) -> list[str]:

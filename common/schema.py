@@ -19,7 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 # NOTE: a naming convention makes constraint names deterministic, so `alembic check`
 # and hand-written migrations agree on every backend.
@@ -36,6 +36,8 @@ metadata = MetaData(
 #: JSON that is JSONB on Postgres (indexable, queryable with ->>) and JSON elsewhere.
 JSONDoc = JSON().with_variant(JSONB(), "postgresql")
 TZ = DateTime(timezone=True)
+#: A flat vector of bin counts: bigint[] on Postgres (added element-wise in SQL), JSON elsewhere.
+BinCounts = JSON().with_variant(ARRAY(BigInteger()), "postgresql")
 
 model_versions = Table(
     "model_versions",
@@ -116,11 +118,11 @@ drift_counts = Table(
     metadata,
     Column("model_name", Text, primary_key=True),
     Column("model_version", Integer, primary_key=True),
+    Column("baseline", Text, primary_key=True),  # common.drift.baseline_id of the bin layout
     Column("bucket", TZ, primary_key=True),  # the hour the rows were scored in
     Column("worker", Text, primary_key=True),  # node:pid: one writer per row, no lock waits
-    Column("feature", Text, primary_key=True),  # a feature name, or "__output__"
-    Column("bin", Integer, primary_key=True),
-    Column("n", BigInteger, nullable=False),
+    # Every feature's bin counts, then the output's, in Baseline.layout() order.
+    Column("counts", BinCounts, nullable=False),
     Index(None, "model_name", "bucket"),  # a window of one model, whatever its versions
 )
 

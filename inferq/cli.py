@@ -122,6 +122,9 @@ def _register_run_commands() -> None:
     from inferq.cli_dead import dead_app
 
     app.add_typer(dead_app, name="dead-letters")
+    from inferq.cli_feedback import feedback_app
+
+    app.add_typer(feedback_app, name="feedback")
     from inferq import cli_monitor
 
     app.command("drift")(cli_monitor.drift)

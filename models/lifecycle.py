@@ -98,11 +98,10 @@ DEFAULT_SIG = ("sklearn", "", "")
 
 def serving_sig(mv: Any) -> tuple[str, ...]:
     """What a worker must reload a version for: its runtime, its ONNX file, its baseline."""
+    from inferq.common.drift import baseline_id
+
     onnx = str((mv.onnx or {}).get("sha256") or "")
-    base = ""
-    if mv.baseline:
-        base = hashlib.sha256(json.dumps(mv.baseline, sort_keys=True).encode()).hexdigest()[:16]
-    return (mv.runtime, onnx, base)
+    return (mv.runtime, onnx, baseline_id(mv.baseline) if mv.baseline else "")
 
 
 def check_servable(engine: Engine, mv: ModelVersion) -> ModelVersion:

@@ -86,30 +86,47 @@ def _group_sql(dialect: str, by: str | None) -> str:
 
 def window_counts(
     engine: Engine, name: str, since: dt.datetime, version: int | None, by: str | None
-) -> dict[tuple[int, str], dict[str, dict[int, int]]]:
-    """{(version, group): {feature: {bin: n}}} summed over the window."""
+) -> dict[tuple[int, str, str], np.ndarray]:
+    """{(version, baseline id, group): counts vector} summed over the window."""
     if by is not None and by not in BY:
         raise InvalidInput(f"--by {by!r}: use one of {', '.join(BY)}")
     group = _group_sql(engine.dialect.name, by)
-    sql = (
-        f"SELECT model_version, {group} AS grp, feature, bin, sum(n) AS n FROM drift_counts "
-        "WHERE model_name = :name AND bucket >= :since"
-        + (" AND model_version = :version" if version is not None else "")
-        + " GROUP BY model_version, grp, feature, bin"
+    where = "model_name = :name AND bucket >= :since" + (
+        " AND model_version = :version" if version is not None else ""
     )
-    out: dict[tuple[int, str], dict[str, dict[int, int]]] = {}
+    params = {"name": name, "since": since, "version": version}
+    out: dict[tuple[int, str, str], np.ndarray] = {}
     with engine.connect() as conn:
-        for r in conn.execute(text(sql), {"name": name, "since": since, "version": version}):
-            out.setdefault((int(r[0]), str(r[1])), {}).setdefault(r[2], {})[int(r[3])] = int(r[4])
+        if engine.dialect.name == "postgresql":
+            # Element-wise sums in SQL: rows are hours x processes, whatever the predictions.
+            sql = (
+                f"SELECT model_version, baseline, {group} AS grp, i, sum(v) FROM drift_counts, "
+                f"unnest(counts) WITH ORDINALITY AS u(v, i) WHERE {where} "
+                "GROUP BY model_version, baseline, grp, i"
+            )
+            cells: dict[tuple[int, str, str], dict[int, int]] = {}
+            for r in conn.execute(text(sql), params):
+                cells.setdefault((int(r[0]), r[1], str(r[2])), {})[int(r[3]) - 1] = int(r[4])
+            for key, found in cells.items():
+                vec = np.zeros(max(found) + 1, dtype=np.int64)
+                vec[list(found)] = list(found.values())
+                out[key] = vec
+            return out
+        import json
+
+        sql = (
+            f"SELECT model_version, baseline, {group} AS grp, counts FROM drift_counts "
+            f"WHERE {where}"
+        )
+        for r in conn.execute(text(sql), params):
+            key = (int(r[0]), r[1], str(r[2]))
+            vec = np.asarray(json.loads(r[3]) if isinstance(r[3], str) else r[3], dtype=np.int64)
+            out[key] = out[key] + vec if key in out else vec
     return out
 
 
-def feature_drift(fb: drift.FeatureBins, counts: dict[int, int], ref_rows: int) -> FeatureDrift:
+def feature_drift(fb: drift.FeatureBins, vec: np.ndarray, ref_rows: int) -> FeatureDrift:
     """PSI, JS and verdict of one feature's window counts against its frozen bins."""
-    vec = np.zeros(fb.n_bins, dtype=np.int64)
-    for b, n in counts.items():
-        if 0 <= b < fb.n_bins:
-            vec[b] = n
     rows = int(vec.sum())
     psi = drift.psi(fb.ref_share, vec) if rows else 0.0
     js = drift.js_distance(fb.ref_share, vec) if rows else 0.0
@@ -127,22 +144,41 @@ def drift_report(
     engine: Engine, name: str, since: dt.datetime, version: int | None = None,
     by: str | None = None,
 ) -> list[DriftGroup]:  # fmt: skip
-    """Every (version, group) with counts in the window, each against its version's baseline."""
+    """Every (version, group) with counts in the window, each against its version's baseline.
+
+    Counts kept against an earlier baseline of a version (it was given a new one since) use
+    another bin layout: they are left out, and the group says so.
+    """
     registry.find(engine, name)  # ModelNotFound for an unknown model
-    groups = []
-    baselines: dict[int, drift.Baseline | None] = {}
-    for (v, grp), features in sorted(window_counts(engine, name, since, version, by).items()):
-        if v not in baselines:
+    current: dict[int, tuple[str, drift.Baseline] | None] = {}
+    merged: dict[tuple[int, str], np.ndarray | None] = {}
+    for (v, base_id, grp), vec in sorted(window_counts(engine, name, since, version, by).items()):
+        if v not in current:
             doc = registry.get_version(engine, name, v).baseline
-            baselines[v] = drift.Baseline.from_json(doc) if doc else None
-        base = baselines[v]
+            current[v] = (drift.baseline_id(doc), drift.Baseline.from_json(doc)) if doc else None
+        known = current[v]
+        if known is None or known[0] != base_id:
+            merged.setdefault((v, grp), None)
+            continue
+        width = known[1].width
+        vec = np.pad(vec, (0, max(0, width - len(vec))))[:width]
+        old = merged.get((v, grp))
+        merged[(v, grp)] = vec if old is None else old + vec
+    groups = []
+    for (v, grp), total in sorted(merged.items()):
         g = DriftGroup(v, grp)
-        if base is None:
+        known = current[v]
+        if known is None:
             g.missing_baseline = no_baseline(name, v)
+        elif total is None:
+            g.missing_baseline = (
+                f"{name}@{v}: the counts of this window were kept against an earlier baseline"
+            )
         else:
-            fbs = list(base.features) + ([base.output] if base.output is not None else [])
-            for fb in fbs:
-                g.features.append(feature_drift(fb, features.get(fb.name, {}), base.ref_rows))
+            base = known[1]
+            for fb, offset in base.layout():
+                cells = total[offset : offset + fb.n_bins]
+                g.features.append(feature_drift(fb, cells, base.ref_rows))
         groups.append(g)
     return groups
 

@@ -24,6 +24,7 @@ from inferq.common.settings import Settings, get_settings
 from inferq.models import registry
 from inferq.models.lifecycle import check_servable
 from inferq.producer.coalesce import Coalescer
+from inferq.producer.feedback import FeedbackReport, load_pairs
 from inferq.producer.results import Result, fetch_results
 from sqlalchemy import Engine
 
@@ -351,6 +352,25 @@ class InferenceClient:
                 raise ResultsTimeout(len(pending), len(set(job_ids)), timeout)
             time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
             interval = min(interval * 1.5, 1.0)
+
+    # ----- ground truth ---------------------------------------------------------------
+    @boundary
+    def feedback(
+        self,
+        ids_or_keys: Sequence[Any],
+        labels: Sequence[Any],
+        *,
+        by: str = "job",
+        model: str | None = None,
+    ) -> FeedbackReport:
+        """Load true labels (classifiers) or values (regressors) for scored jobs.
+
+        ``by="job"``: ``ids_or_keys`` are job ids (any model, or only ``model``'s);
+        ``by="key"``: they are your row keys and ``model`` is required (keys are only unique
+        within a model). Loading the same labels again changes nothing; a new label for the
+        same ref replaces the old one. See the `model_accuracy_daily` view.
+        """
+        return load_pairs(self.engine, ids_or_keys, labels, by=by, model=model)
 
 
 def _check_job_ids(job_ids: Sequence[str] | None, n: int) -> list[str]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inferq.common.db import make_engine
-from inferq.common.drift import Baseline
+from inferq.common.drift import Baseline, baseline_id
 from inferq.common.errors import ModelRetired, ModelUnavailable
 from inferq.common.settings import Settings
 from inferq.models import registry
@@ -44,6 +44,7 @@ class LoadedModel:
     onnx_bytes: bytes | None = None
     #: The version's drift baseline (common/drift.py), None without a reference sample.
     baseline: Any = None
+    baseline_id: str = ""
     _session: Any = None
     _session_pid: int = 0
 
@@ -126,6 +127,7 @@ class WorkerRuntime:
         if mv.baseline:
             try:
                 loaded.baseline = Baseline.from_json(mv.baseline)
+                loaded.baseline_id = baseline_id(mv.baseline)
             except Exception as exc:  # monitoring must never stop serving
                 log.error("%s: drift baseline unreadable, not counted: %s", mv.ref, exc)
         return loaded

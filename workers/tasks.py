@@ -92,7 +92,7 @@ def score_message(batch: contract.Batch, soft_limit: int) -> ScoredBatch:
     try:
         scored = score_batch(loaded.scorer(), loaded.info, batch, reraise=(SoftTimeLimitExceeded,))
         scored.runtime = loaded.runtime
-        monitor.attach(scored, loaded.baseline, loaded.info.schema)
+        monitor.attach(scored, loaded)
         return shadow.attach(scored, batch, runtime.get())
     except SoftTimeLimitExceeded:
         # The hard limit kills the process shortly after: answer the jobs while there is time.

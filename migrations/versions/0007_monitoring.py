@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 revision: str = "0007"
 down_revision: str | None = "0006"
@@ -18,24 +18,26 @@ depends_on: str | Sequence[str] | None = None
 
 JSONDoc = sa.JSON().with_variant(JSONB(), "postgresql")
 TZ = sa.DateTime(timezone=True)
+#: One flat vector of bin counts (common/drift.py Baseline.layout): bigint[] on Postgres.
+Counts = sa.JSON().with_variant(ARRAY(sa.BigInteger()), "postgresql")
 
 
 def upgrade() -> None:
     with op.batch_alter_table("model_versions") as batch:
         batch.add_column(sa.Column("baseline", JSONDoc, nullable=True))
-    # Each worker process owns its rows (worker = node:pid): counts are added without two
-    # transactions ever waiting on the same row.
+    # One row per (version, baseline, hour, worker process): a batch adds its counts to its
+    # own process's row (worker = node:pid), so two transactions never wait for one row, and
+    # a window is a SUM over hours x processes rows, whatever the number of predictions.
     op.create_table(
         "drift_counts",
         sa.Column("model_name", sa.Text(), nullable=False),
         sa.Column("model_version", sa.Integer(), nullable=False),
+        sa.Column("baseline", sa.Text(), nullable=False),
         sa.Column("bucket", TZ, nullable=False),
         sa.Column("worker", sa.Text(), nullable=False),
-        sa.Column("feature", sa.Text(), nullable=False),
-        sa.Column("bin", sa.Integer(), nullable=False),
-        sa.Column("n", sa.BigInteger(), nullable=False),
+        sa.Column("counts", Counts, nullable=False),
         sa.PrimaryKeyConstraint(
-            "model_name", "model_version", "bucket", "worker", "feature", "bin",
+            "model_name", "model_version", "baseline", "bucket", "worker",
             name=op.f("pk_drift_counts"),
         ),
     )  # fmt: skip

@@ -96,6 +96,8 @@ def test_drift_flags_exactly_the_shifted_features(pg_settings, tmp_path, start_w
     assert g1.rows == 3000 and not [f.feature for f in g1.flagged]
     assert {f.feature for f in g2.flagged} & features == {"a", "city"}
     assert not g3.flagged, [(f.feature, f.psi, f.noise) for f in g3.features]
+    every = drift_report(engine, "churn", window)
+    assert [(g.version, g.rows) for g in every] == [(1, 3000), (2, 3000), (3, 100)]
     # the same counts through the CLI, as JSON; exit code 1 because v2 has flags
     out = subprocess.run(
         [sys.executable, "-m", "inferq", "drift", "churn", "--since", "1h", "--json"],
