@@ -128,6 +128,7 @@ def _register_run_commands() -> None:
     from inferq import cli_monitor
 
     app.command("drift")(cli_monitor.drift)
+    app.command("report")(cli_monitor.report)
 
 
 _register_run_commands()

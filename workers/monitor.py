@@ -39,17 +39,24 @@ class Counts:
 
 
 def _columns(schema: InputSchema, batch: Batch) -> dict[str, Any] | None:
-    """Each feature's values in ``batch`` (numbers as float arrays, text as lists)."""
+    """Each feature's values in ``batch`` (numbers as float arrays, text as lists), without
+    the rows refused at submission: their values were blanked, they are not missing values."""
     width = int(batch.x.shape[1])
     if mi.layout_problem(schema, width, batch.text_positions, batch.n_features):
         return None  # rows answered "wrong_shape": nothing to count
+    keep: Any = slice(None)
+    if batch.row_errors:
+        keep = np.ones(batch.n_rows, dtype=bool)
+        keep[list(batch.row_errors)] = False
     if batch.text is None:
-        return {f.name: batch.x[:, j] for j, f in enumerate(schema.features)}
+        return {f.name: batch.x[keep, j] for j, f in enumerate(schema.features)}
     out: dict[str, Any] = {}
     for k, j in enumerate(schema.numeric_positions):
-        out[schema.features[j].name] = batch.x[:, k]
+        out[schema.features[j].name] = batch.x[keep, k]
+    rows = None if isinstance(keep, slice) else np.flatnonzero(keep).tolist()
     for k, j in enumerate(schema.text_positions):
-        out[schema.features[j].name] = batch.text[k]
+        column = batch.text[k]
+        out[schema.features[j].name] = column if rows is None else [column[i] for i in rows]
     return out
 
 

@@ -313,7 +313,6 @@ def _write_sqlite(
             written = conn.execute(insert(predictions).prefix_with("OR IGNORE"), params).rowcount
         _shadows(conn, [scored], worker)
         write_counts(conn, [scored], worker)
-        write_counts(conn, [scored], worker)
         ms = (time.perf_counter() - started) * 1000
         conn.execute(
             update(prediction_batches)
