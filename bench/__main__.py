@@ -86,9 +86,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         folder = settings.home_dir / "data"
         folder.mkdir(parents=True)
         console.print("training models ...")
-        paths = train_models(
-            folder, big_trees=100 if args.quick else 300, big_rows=20_000 if args.quick else 50_000
-        )
+        big_trees = 0 if "memory" in args.skip else 100 if args.quick else 300
+        paths = train_models(folder, big_trees=big_trees, big_rows=20_000 if args.quick else 50_000)
         for name, path in paths.items():
             scenarios.register(settings, path, name)
         sizes = {"cheap": args.rows, "forest": args.forest_rows}

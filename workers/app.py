@@ -20,7 +20,7 @@ from inferq.workers import runtime
 from inferq.workers.parking import ParkClaimer, node_queue
 from inferq.workers.preload import WorkerRuntime, limit_threads
 from inferq.workers.reconcile import InflightReconciler
-from inferq.workers.reload import ModelWatcher
+from inferq.workers.reload import ModelWatcher, settle_before_fork
 from inferq.workers.requests import patch_kombu_close_after_collect
 from inferq.workers.watchdog import ConsumerWatchdog
 
@@ -67,6 +67,7 @@ def _preload_models(sender: Any = None, **_: Any) -> None:
         sys.stderr.write(f"inferq worker: refusing to start: {refuse}\n")
         raise SystemExit(3)
     rt.health.forget_connection()  # IMPORTANT: children must not share the parent's socket
+    settle_before_fork()
 
 
 def schema_behind(settings: Any) -> str | None:

@@ -70,6 +70,7 @@ class ModelWatcher(bootsteps.StartStopStep):
         rt.dispose_parent_engine()
         if not changed:
             return False
+        settle_before_fork()
         after = set(rt.preloaded_refs)
         log.warning(
             "registry changed: loaded %s, dropped %s in %.2f s; recycling pool processes",
@@ -79,6 +80,27 @@ class ModelWatcher(bootsteps.StartStopStep):
         )
         recycle(worker.pool)
         return True
+
+
+def settle_before_fork() -> None:
+    """Make what the main process holds cheap to share with the children it forks next.
+
+    ``gc.freeze()`` moves every object to the permanent generation: a child's garbage
+    collector then never walks (and so never writes, un-sharing the page) the parent's
+    objects. Measured by the lifecycle benchmark: the first pool process held ~60 MB of
+    private memory unrelated to the model without it. ``malloc_trim`` returns what a reload
+    freed (the dropped version) to the system instead of keeping it in glibc's arenas.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def recycle(pool: Any) -> bool:

@@ -62,12 +62,22 @@ def head(batch: Batch, k: int) -> Batch:
     )
 
 
+#: (name, version) -> rows of its last call that stayed within the budget, in this process.
+_fitted: dict[tuple[str, int], int] = {}
+
+
 def rows_within(key: tuple[str, int], n: int, budget_ms: float) -> int:
-    """How many of ``n`` rows the shadow ``key`` can score within ``budget_ms``."""
+    """How many of ``n`` rows the shadow ``key`` can score within ``budget_ms``.
+
+    The estimate (time per row of its last calls) includes each call's fixed cost, so it is
+    pessimistic for small calls; a shadow whose last call fit its budget may also try twice
+    as many rows as then, which reaches a fast shadow's full batch in a few calls.
+    """
     per_row = _cost.get(key)
     if per_row is None:
         return min(n, PROBE_ROWS)
-    return int(min(n, budget_ms // per_row)) if per_row > 0 else n
+    estimate = int(budget_ms // per_row) if per_row > 0 else n
+    return min(n, max(estimate, 2 * _fitted.get(key, 0)))
 
 
 def score_shadow(loaded: Any, batch: Batch, primary_ms: float, max_ms: float) -> ScoredBatch | None:
@@ -92,6 +102,7 @@ def score_shadow(loaded: Any, batch: Batch, primary_ms: float, max_ms: float) ->
     previous = _cost.get(key)
     per_row = ms / k
     _cost[key] = per_row if previous is None else 0.5 * previous + 0.5 * per_row
+    _fitted[key] = k if ms <= max_ms + primary_ms else 0
     scored.runtime = loaded.runtime
     return scored
 
