@@ -108,7 +108,8 @@ def compare(
 ) -> None:
     """Compare NAME's shadow with the primary on the rows both scored.
 
-    Label agreement and score differences (mean, p95, max), per version pair.
+    Label agreement and score differences (mean, p95, max), per version pair; where ground
+    truth was loaded (`inferq feedback load`), both versions' accuracy (or MAE) on those rows.
     """
     from inferq.common.timewindow import since as window_start
     from inferq.models.compare import compare as run
@@ -137,7 +138,22 @@ def compare(
             _num(c.score_diff_max),
         )
     console.print(table)
-    console.print("metrics against feedback: none loaded yet (ground truth comes with feedback)")
+    for c in found:
+        if not c.labelled:
+            console.print(
+                f"@{c.primary_version} vs @{c.shadow_version}: no ground truth for these rows yet "
+                "(`inferq feedback load`)"
+            )
+        elif c.primary_accuracy is not None:
+            console.print(
+                f"@{c.primary_version} vs @{c.shadow_version} on {c.labelled:,} labelled rows: "
+                f"accuracy {_pct(c.primary_accuracy)} vs {_pct(c.shadow_accuracy)}"
+            )
+        else:
+            console.print(
+                f"@{c.primary_version} vs @{c.shadow_version} on {c.labelled:,} labelled rows: "
+                f"MAE {_num(c.primary_mae)} vs {_num(c.shadow_mae)}"
+            )
 
 
 def _pct(value: float | None) -> str:

@@ -7,7 +7,7 @@ comparison covers exactly the rows both versions scored, online and bulk alike.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from sqlalchemy import Engine, text
@@ -32,6 +32,13 @@ class Comparison:
     score_diff_max: float | None
     first: dt.datetime | None
     last: dt.datetime | None
+    #: Rows with ground truth (`inferq feedback`), and both versions' metrics on them;
+    #: None without labels (or on SQLite, which has no prediction_feedback view).
+    labelled: int = 0
+    primary_accuracy: float | None = None
+    shadow_accuracy: float | None = None
+    primary_mae: float | None = None
+    shadow_mae: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -71,16 +78,44 @@ WHERE s.model_name = :model AND s.scored_at >= :since
 """
 
 
+# Both versions against the ground truth loaded so far (the prediction_feedback view joins
+# labels by job id or key); labels compare as text, regressors by absolute error.
+_FEEDBACK = """
+SELECT pf.model_version AS primary_version, s.model_version AS shadow_version,
+       count(*) AS labelled,
+       avg(CASE WHEN pf.label = pf.true_label THEN 1.0 ELSE 0.0 END)
+           FILTER (WHERE pf.true_label IS NOT NULL AND pf.label IS NOT NULL) AS primary_accuracy,
+       avg(CASE WHEN s.label = pf.true_label THEN 1.0 ELSE 0.0 END)
+           FILTER (WHERE pf.true_label IS NOT NULL AND s.label IS NOT NULL) AS shadow_accuracy,
+       avg(abs(pf.score - pf.true_value)) FILTER (WHERE pf.label IS NULL) AS primary_mae,
+       avg(abs(s.score - pf.true_value)) FILTER (WHERE s.label IS NULL) AS shadow_mae
+FROM shadow_predictions s
+JOIN prediction_feedback pf ON pf.job_id = s.job_id AND pf.model_name = s.model_name
+WHERE s.model_name = :model AND s.scored_at >= :since AND pf.status = 'ok' AND s.error IS NULL
+GROUP BY 1, 2
+"""
+
+
 def compare(engine: Engine, model: str, since: dt.datetime) -> list[Comparison]:
-    """Label agreement and score differences of every shadow of ``model`` since ``since``."""
+    """Label agreement and score differences of every shadow of ``model`` since ``since``,
+    and both versions' metrics where ground truth was loaded."""
     params = {"model": model, "since": since}
     with engine.connect() as conn:
-        if conn.dialect.name == "postgresql":
-            return [
-                Comparison(model=model, **{k: _num(v) for k, v in r._mapping.items()})
-                for r in conn.execute(text(_PG), params)
-            ]
-        return _in_python(model, list(conn.execute(text(_ROWS), params).all()))
+        if conn.dialect.name != "postgresql":
+            return _in_python(model, list(conn.execute(text(_ROWS), params).all()))
+        found = [
+            Comparison(model=model, **{k: _num(v) for k, v in r._mapping.items()})
+            for r in conn.execute(text(_PG), params)
+        ]
+        truth = {
+            (int(r.primary_version), int(r.shadow_version)): {
+                k: _num(v)
+                for k, v in r._mapping.items()
+                if k not in ("primary_version", "shadow_version")
+            }
+            for r in conn.execute(text(_FEEDBACK), params)
+        }
+    return [replace(c, **truth.get((c.primary_version, c.shadow_version), {})) for c in found]
 
 
 def _num(value: Any) -> Any:

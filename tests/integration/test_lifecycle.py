@@ -255,6 +255,18 @@ def test_shadow_scores_beside_primary_and_never_touches_it(
         assert pair.label_agreement == pytest.approx(agreement)
         assert pair.score_diff_max == pytest.approx(diffs.max())
         assert pair.score_diff_mean == pytest.approx(diffs.mean())
+        assert pair.labelled == 0 and pair.primary_accuracy is None
+        # ground truth for half of the jobs: both versions' accuracy on those rows
+        truth = binary_model.model.predict(x)[::-1][:30]  # not the primary's labels
+        client.feedback(ids[:30], [str(t) for t in truth])
+        (pair,) = compare(engine, "churn", window_start)
+        assert pair.labelled == 30
+        assert pair.primary_accuracy == pytest.approx(
+            np.mean([r.label == str(t) for r, t in zip(primary[:30], truth, strict=True)])
+        )
+        assert pair.shadow_accuracy == pytest.approx(
+            np.mean([shadow[j].label == str(t) for j, t in zip(ids[:30], truth, strict=True)])
+        )
 
         lifecycle.set_shadow(engine, "churn", 3)  # fails on every row: other width
         time.sleep(2)  # the worker follows within reload_interval
