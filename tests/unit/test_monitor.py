@@ -98,3 +98,39 @@ def test_sqlite_adds_each_batch_once(sqlite_settings):
 
     (group,) = drift_report(engine, "m", dt.datetime.now(dt.UTC) - dt.timedelta(hours=2))
     assert {f.feature: f.rows for f in group.features} == {"age": 75, "city": 75, "__output__": 75}
+
+
+def test_metrics_exporter_serves_drift_per_feature(sqlite_settings):
+    """`inferq metrics` exports the PSI and the flag of every feature of every model with
+    counts in INFERQ_DRIFT_WINDOW; a shifted feature is flagged, the others are not."""
+    import joblib
+    from inferq.models import lifecycle, registry
+    from inferq.ops.metrics import InferqCollector
+
+    rng = np.random.default_rng(4)
+    reference = _frame(rng, 3000)
+    model, info = _model_info(reference)
+    base = build_baseline(model, info, reference)
+    engine = make_engine(sqlite_settings)
+    path = sqlite_settings.home_dir / "m.joblib"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(model, path)
+    registry.register(engine, sqlite_settings.model_store_dir, path, "m")
+    lifecycle.record(engine, "m", 1, baseline=base.to_json())
+    shifted = _frame(rng, 3000)
+    shifted["age"] += 15  # the age mix moves; cities stay as they were
+    scored = score_batch(model, info, sample_batch(shifted, info.schema, "m", 1))
+    scored.runtime = "sklearn"
+    scored.monitor = batch_counts(base, drift.baseline_id(base.to_json()), info.schema, scored)
+    write_results(engine, scored, "node:1", received_at=0.0)
+
+    collector = InferqCollector(sqlite_settings, engine, None)
+    samples = {
+        (m.name, s.labels["feature"]): s.value
+        for m in collector.collect()
+        if m.name.startswith("inferq_drift")
+        for s in m.samples
+    }
+    assert samples[("inferq_drift_flagged", "age")] == 1.0
+    assert samples[("inferq_drift_flagged", "city")] == 0.0
+    assert samples[("inferq_drift_psi", "age")] > 0.25 > samples[("inferq_drift_psi", "city")]
