@@ -126,19 +126,24 @@ class Baseline:
             return self.output
         return next((f for f in self.features if f.name == name), None)
 
-    def layout(self) -> list[tuple[FeatureBins, int]]:
-        """Each feature's bins (the output's last) and its offset in one flat counts vector:
-        how `drift_counts.counts` is laid out for this baseline."""
+    def __post_init__(self) -> None:
+        # Workers lay out every batch's counts by this: computed once per baseline.
         out, offset = [], 0
         for fb in (*self.features, *((self.output,) if self.output is not None else ())):
             out.append((fb, offset))
             offset += fb.n_bins
-        return out
+        object.__setattr__(self, "_layout", tuple(out))
+        object.__setattr__(self, "_width", offset)
+
+    def layout(self) -> tuple[tuple[FeatureBins, int], ...]:
+        """Each feature's bins (the output's last) and its offset in one flat counts vector:
+        how `drift_counts.counts` is laid out for this baseline."""
+        return self._layout  # type: ignore[attr-defined]
 
     @property
     def width(self) -> int:
         """Length of the flat counts vector (every feature's bins, then the output's)."""
-        return sum(fb.n_bins for fb, _ in self.layout())
+        return self._width  # type: ignore[attr-defined]
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (stored in `model_versions.baseline`)."""
@@ -359,3 +364,43 @@ def calibrate(cal: dict[str, Any] | None, conf: Any) -> np.ndarray | None:
     y = np.asarray(cal["y"], dtype=np.float64)
     # np.interp holds the end values outside [x0, xk]: the calibrator's out_of_bounds="clip".
     return np.clip(np.interp(np.asarray(conf, dtype=np.float64), x, y), 0.0, 1.0)
+
+
+# ----- what is binned, shared by the baseline (models/baseline.py) and workers -----------
+def feature_values(schema: Any, batch: Any) -> dict[str, tuple[str, Any]]:
+    """{feature: (bin kind, values)} of a message's rows, in schema order: numbers from the
+    float block, text columns as lists. Rows refused at submission are left out (their
+    values were blanked: they are not missing values); a message whose columns do not fit
+    the schema has nothing to count."""
+    from inferq.common.rows.model_input import layout_problem
+
+    if layout_problem(schema, int(batch.x.shape[1]), batch.text_positions, batch.n_features):
+        return {}
+    keep: Any = slice(None)
+    rows: list[int] | None = None
+    if batch.row_errors:
+        mask = np.ones(batch.n_rows, dtype=bool)
+        mask[list(batch.row_errors)] = False
+        keep, rows = mask, np.flatnonzero(mask).tolist()
+    if batch.text is None:  # every feature travels in the float block
+        return {f.name: ("numeric", batch.x[keep, j]) for j, f in enumerate(schema.features)}
+    found: dict[int, tuple[str, tuple[str, Any]]] = {}
+    for k, j in enumerate(schema.numeric_positions):
+        found[j] = (schema.features[j].name, ("numeric", batch.x[keep, k]))
+    for k, j in enumerate(schema.text_positions):
+        column = batch.text[k] if rows is None else [batch.text[k][i] for i in rows]
+        found[j] = (schema.features[j].name, ("categorical", column))
+    return dict(found[j] for j in sorted(found))
+
+
+def output_values(scored: Any, kind: str) -> Any:
+    """The scored rows' outputs to bin: scores (``numeric``) or labels (``categorical``);
+    None when the batch has none of that kind."""
+    ok = scored.ok
+    if not ok.any():
+        return None
+    if kind == "numeric":
+        return None if scored.scores is None else scored.scores[ok]
+    if scored.labels is None:
+        return None
+    return [lbl for lbl, good in zip(scored.labels, ok.tolist(), strict=True) if good]

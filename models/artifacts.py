@@ -328,6 +328,11 @@ def verify_artifact(path: Path, sha256: str, sklearn_version: str) -> bytes:
         raise ArtifactMismatch(
             str(path), "scikit-learn version", sklearn_version, sklearn.__version__
         )
+    return read_verified(path, sha256)
+
+
+def read_verified(path: Path, sha256: str) -> bytes:
+    """A stored file's bytes, once they hash to the ``sha256`` the registry recorded."""
     if not path.is_file():
         raise ArtifactMismatch(str(path), "file", f"sha256 {sha256[:12]}...", "no file")
     data = path.read_bytes()

@@ -49,7 +49,7 @@ def build_baseline(
         drift.categorical_bins(name, values, top_k)
         if kind == "categorical"
         else drift.numeric_bins(name, values, n_bins)
-        for name, kind, values in _columns(info.schema, batch)
+        for name, (kind, values) in drift.feature_values(info.schema, batch).items()
     )
     return drift.Baseline(
         features=features,
@@ -59,31 +59,13 @@ def build_baseline(
     )
 
 
-def _columns(schema: Any, batch: Any) -> list[tuple[str, str, Any]]:
-    """(name, bin kind, values) per feature, from the message the worker would receive."""
-    if batch.text is None:  # every feature travels in the float block
-        return [(f.name, "numeric", batch.x[:, j]) for j, f in enumerate(schema.features)]
-    out: dict[int, tuple[str, str, Any]] = {}
-    for k, j in enumerate(schema.numeric_positions):
-        out[j] = (schema.features[j].name, "numeric", batch.x[:, k])
-    for k, j in enumerate(schema.text_positions):
-        out[j] = (schema.features[j].name, "categorical", batch.text[k])
-    return [out[j] for j in sorted(out)]
-
-
 def _output_bins(scored: Any, n_bins: int, top_k: int) -> drift.FeatureBins | None:
     """Numeric bins of the scores when the model gives any, else categorical bins of labels."""
-    ok = scored.ok
-    if not ok.any():
-        return None
-    if scored.scores is not None:
-        scores = scored.scores[ok]
-        if np.isfinite(scores).any():
-            return drift.numeric_bins(drift.OUTPUT, scores, n_bins)
-    if scored.labels is not None:
-        labels = [lbl for lbl, good in zip(scored.labels, ok.tolist(), strict=True) if good]
-        return drift.categorical_bins(drift.OUTPUT, labels, top_k)
-    return None
+    scores = drift.output_values(scored, "numeric")
+    if scores is not None and np.isfinite(scores).any():
+        return drift.numeric_bins(drift.OUTPUT, scores, n_bins)
+    labels = drift.output_values(scored, "categorical")
+    return None if labels is None else drift.categorical_bins(drift.OUTPUT, labels, top_k)
 
 
 def _calibration(info: Any, scored: Any, target_values: Any) -> dict[str, list[float]] | None:

@@ -7,7 +7,6 @@ Imports scikit-learn (lazily): used by the CLI and by registration, never by the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from inferq.common.errors import InvalidInput
 from inferq.models import lifecycle, registry
@@ -115,15 +114,3 @@ def baseline_version(
 def deoptimize(engine: Engine, mv: ModelVersion) -> ModelVersion:
     """Serve the version with scikit-learn again (the ONNX report is kept)."""
     return lifecycle.record(engine, mv.name, mv.version, runtime="sklearn")
-
-
-def summary(mv: ModelVersion) -> dict[str, Any]:
-    """The lifecycle facts `models show` prints."""
-    return {
-        "status": mv.status,
-        "runtime": mv.runtime,
-        "checks": mv.checks,
-        "onnx": mv.onnx,
-        "format": mv.format,
-        "trusted": mv.trusted,
-    }

@@ -48,11 +48,6 @@ class ServingState:
         }
         return hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:16]
 
-    def targets(self) -> set[tuple[str, int]]:
-        """Every version an alias or a shadow points at."""
-        found = {(n, v) for (n, _a), v in self.aliases.items()}
-        return found | set(self.shadows.items())
-
 
 def serving_state(engine: Engine) -> ServingState:
     """One consistent read of the serving tables (three small queries, one transaction)."""

@@ -368,17 +368,7 @@ def load(model_store: Path, mv: ModelVersion) -> Any:
 
 def load_onnx(model_store: Path, mv: ModelVersion) -> bytes:
     """The version's ONNX file, verified against the sha256 recorded when parity passed."""
-    import hashlib
-
-    from inferq.common.errors import ArtifactMismatch
+    from inferq.models.artifacts import read_verified
 
     doc = mv.onnx or {}
-    path = model_store / str(doc.get("artifact") or "")
-    if not doc.get("artifact") or not path.is_file():
-        expected = f"sha256 {str(doc.get('sha256'))[:12]}..."
-        raise ArtifactMismatch(str(path), "file", expected, "no file")
-    data = path.read_bytes()
-    found = hashlib.sha256(data).hexdigest()
-    if found != doc.get("sha256"):
-        raise ArtifactMismatch(str(path), "sha256", str(doc.get("sha256")), found)
-    return data
+    return read_verified(model_store / str(doc.get("artifact") or ""), str(doc.get("sha256")))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from inferq.common.contract import Batch
 from inferq.common.rows.coerce import to_columns
 from inferq.common.rows.schema import InputSchema
@@ -40,8 +39,3 @@ def score_sample(model: Any, info: Any, frame: Any) -> Any:
     from inferq.workers.inference import score_batch
 
     return score_batch(model, info, sample_batch(frame, info.schema, info.name, info.version))
-
-
-def labels_array(scored: Any) -> np.ndarray:
-    """The scored labels as an object array (None for error rows and regressors)."""
-    return np.asarray(scored.label, dtype=object)

@@ -18,8 +18,6 @@ from typing import Any
 
 import numpy as np
 from inferq.common import drift
-from inferq.common.contract import Batch
-from inferq.common.rows import model_input as mi
 from inferq.common.rows.schema import InputSchema
 from sqlalchemy import Connection
 
@@ -38,46 +36,20 @@ class Counts:
     expected_correct: float = 0.0
 
 
-def _columns(schema: InputSchema, batch: Batch) -> dict[str, Any] | None:
-    """Each feature's values in ``batch`` (numbers as float arrays, text as lists), without
-    the rows refused at submission: their values were blanked, they are not missing values."""
-    width = int(batch.x.shape[1])
-    if mi.layout_problem(schema, width, batch.text_positions, batch.n_features):
-        return None  # rows answered "wrong_shape": nothing to count
-    keep: Any = slice(None)
-    if batch.row_errors:
-        keep = np.ones(batch.n_rows, dtype=bool)
-        keep[list(batch.row_errors)] = False
-    if batch.text is None:
-        return {f.name: batch.x[keep, j] for j, f in enumerate(schema.features)}
-    out: dict[str, Any] = {}
-    for k, j in enumerate(schema.numeric_positions):
-        out[schema.features[j].name] = batch.x[keep, k]
-    rows = None if isinstance(keep, slice) else np.flatnonzero(keep).tolist()
-    for k, j in enumerate(schema.text_positions):
-        column = batch.text[k]
-        out[schema.features[j].name] = column if rows is None else [column[i] for i in rows]
-    return out
-
-
 def batch_counts(
     baseline: drift.Baseline, baseline_id: str, schema: InputSchema, scored: Any
 ) -> Counts:
     """The counts of one scored batch: every row's inputs, the scored rows' outputs."""
     vector = np.zeros(baseline.width, dtype=np.int64)
-    columns = _columns(schema, scored.batch) or {}
-    ok = scored.ok
+    columns = drift.feature_values(schema, scored.batch)
     for fb, offset in baseline.layout():
-        if fb.name == drift.OUTPUT and fb is baseline.output:
-            values: Any = None
-            if ok.any() and fb.kind == "numeric" and scored.scores is not None:
-                values = scored.scores[ok]
-            elif ok.any() and fb.kind == "categorical" and scored.labels is not None:
-                values = [lbl for lbl, good in zip(scored.labels, ok.tolist(), strict=True) if good]
+        if fb is baseline.output:
+            values = drift.output_values(scored, fb.kind)
         else:
-            values = columns.get(fb.name)
+            values = columns.get(fb.name, (None, None))[1]
         if values is not None:
             vector[offset : offset + fb.n_bins] += drift.bin_counts(fb, values)
+    ok = scored.ok
     counts = Counts(scored.model_name, scored.model_version, baseline_id, vector)
     if baseline.calibration is not None and scored.proba is not None and ok.any():
         expected = drift.calibrate(baseline.calibration, drift.confidence(scored.proba[ok]))

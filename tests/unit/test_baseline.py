@@ -141,8 +141,13 @@ def test_rows_the_model_cannot_score_are_left_out(mixed):
     assert int((~scored.ok).sum()) == 10
     base = build_baseline(model, info, bad, y_ref[:200])
     assert base.ref_rows == 200
-    # Feature bins count every row (as workers do; refused values are missing)...
-    assert base.feature("x2").ref_share[-1] == pytest.approx(10 / 200)
+    # Rows refused at submission carry no values: feature bins leave them out, as workers
+    # do (counting them as missing would raise the missing share workers never see)...
+    x2 = base.feature("x2")
+    assert x2.ref_share[-1] == 0.0
+    valid = drift.bin_counts(x2, bad.x2[10:].astype(float).to_numpy())
+    assert valid.sum() == 190
+    assert np.asarray(x2.ref_share) == pytest.approx(valid / 190)
     # ...the output bins only the scored ones.
     got = drift.bin_counts(base.output, scored.scores[scored.ok])
     assert got.sum() == 190

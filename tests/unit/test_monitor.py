@@ -72,21 +72,25 @@ def test_rows_refused_at_submission_are_not_counted_as_missing():
     assert counts.vector[off : off + fb.n_bins].sum() == scored.n_ok == 49
 
 
-def test_sqlite_adds_each_batch_once(sqlite_settings):
+def _registered(settings, reference: pd.DataFrame):
+    """A model fitted on ``reference``, registered as m@1 with its baseline recorded."""
+    import joblib
     from inferq.models import lifecycle, registry
 
-    rng = np.random.default_rng(1)
-    reference = _frame(rng, 500)
     model, info = _model_info(reference)
     base = build_baseline(model, info, reference)
-    engine = make_engine(sqlite_settings)
-    import joblib
-
-    path = sqlite_settings.home_dir / "m.joblib"
+    engine = make_engine(settings)
+    path = settings.home_dir / "m.joblib"
     path.parent.mkdir(parents=True, exist_ok=True)
     joblib.dump(model, path)
-    registry.register(engine, sqlite_settings.model_store_dir, path, "m")
+    registry.register(engine, settings.model_store_dir, path, "m")
     lifecycle.record(engine, "m", 1, baseline=base.to_json())
+    return engine, model, info, base
+
+
+def test_sqlite_adds_each_batch_once(sqlite_settings):
+    rng = np.random.default_rng(1)
+    engine, model, info, base = _registered(sqlite_settings, _frame(rng, 500))
     bid = drift.baseline_id(base.to_json())
     for n in (30, 45):
         scored = score_batch(model, info, sample_batch(_frame(rng, n), info.schema, "m", 1))
@@ -103,20 +107,10 @@ def test_sqlite_adds_each_batch_once(sqlite_settings):
 def test_metrics_exporter_serves_drift_per_feature(sqlite_settings):
     """`inferq metrics` exports the PSI and the flag of every feature of every model with
     counts in INFERQ_DRIFT_WINDOW; a shifted feature is flagged, the others are not."""
-    import joblib
-    from inferq.models import lifecycle, registry
     from inferq.ops.metrics import InferqCollector
 
     rng = np.random.default_rng(4)
-    reference = _frame(rng, 3000)
-    model, info = _model_info(reference)
-    base = build_baseline(model, info, reference)
-    engine = make_engine(sqlite_settings)
-    path = sqlite_settings.home_dir / "m.joblib"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    joblib.dump(model, path)
-    registry.register(engine, sqlite_settings.model_store_dir, path, "m")
-    lifecycle.record(engine, "m", 1, baseline=base.to_json())
+    engine, model, info, base = _registered(sqlite_settings, _frame(rng, 3000))
     shifted = _frame(rng, 3000)
     shifted["age"] += 15  # the age mix moves; cities stay as they were
     scored = score_batch(model, info, sample_batch(shifted, info.schema, "m", 1))
