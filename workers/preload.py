@@ -21,7 +21,7 @@ from inferq.common.drift import Baseline, baseline_id
 from inferq.common.errors import ModelRetired, ModelUnavailable
 from inferq.common.settings import Settings
 from inferq.models import registry
-from inferq.models.lifecycle import DEFAULT_SIG, ServingState, serving_sig, serving_state
+from inferq.models.lifecycle import ServingState, serving_sig, serving_state
 from inferq.models.registry import DEFAULT_ALIAS
 from inferq.workers.deliveries import DeliveryCounter
 from inferq.workers.health import RETRY_LOAD_AFTER, HealthBoard, explain
@@ -174,12 +174,19 @@ class WorkerRuntime:
         wanted = self._wanted(state)
         for key in sorted(wanted):
             held = self._preloaded.get(key)
-            if held is not None and held.runtime_sig == state.runtimes.get(key, DEFAULT_SIG):
+            mv = None
+            expected = state.runtimes.get(key)
+            if held is not None and expected is None:
+                # Pinned by INFERQ_PRELOAD (NAME@VERSION) and no alias or shadow target: the
+                # serving state does not carry its signature, so read it (only on a change).
+                mv = registry.get_version(self.engine, *key)
+                expected = serving_sig(mv)
+            if held is not None and held.runtime_sig == expected:
                 continue
             failed = self._failed.get(key)
             if held is None and failed and time.monotonic() - failed[1] < RETRY_LOAD_AFTER:
                 continue  # failed moments ago: don't re-read a big file every round
-            mv = registry.get_version(self.engine, *key)
+            mv = mv or registry.get_version(self.engine, *key)
             try:
                 self._preloaded[key] = self._load(mv, preloaded=True)
                 self.unservable.pop(mv.ref, None)

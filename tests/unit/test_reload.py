@@ -84,3 +84,22 @@ def test_watcher_recycles_the_pool_only_on_a_change(setup):
     lifecycle.promote(engine, "churn", 2)
     assert watcher.round(worker) is True and worker.pool.restarts == 1
     assert watcher.round(worker) is False and worker.pool.restarts == 1
+
+
+def test_a_pinned_preload_with_a_baseline_is_not_reloaded_every_round(
+    setup, tmp_path, binary_model
+):
+    """INFERQ_PRELOAD=churn@3 (no alias points at it) with a drift baseline: a change elsewhere
+    reloads nothing pinned, so the pool is not recycled at every look at the registry."""
+    engine, store, _rt = setup
+    ref = tmp_path / "ref.csv"
+    binary_model.x.head(300).to_csv(ref, index=False)
+    gates.baseline_version(engine, store, registry.get_version(engine, "churn", 3), ref, None)
+    rt = runtime.install(WorkerRuntime(_rt.settings.model_copy(update={"preload": "churn@3"})))
+    assert rt.preload() == ["churn@3"] and rt.get_model("churn", 3).baseline is not None
+    lifecycle.set_shadow(engine, "churn", 2)  # a change the watcher sees
+    assert rt.apply_state(serving_state(engine)) is True  # churn@2 loaded as the shadow
+    lifecycle.set_shadow(engine, "churn", None)
+    held = rt.get_model("churn", 3)
+    rt.apply_state(serving_state(engine))
+    assert rt.get_model("churn", 3) is held  # not reloaded
