@@ -12,6 +12,7 @@ Both sides import only this module (and numpy/msgpack), never each other.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import time
 import uuid
@@ -150,6 +151,21 @@ class Batch:
     #: row is never replaced; still one row per job). Sent by `--rescore-errors`,
     #: `submit(rescore_errors=True)` and dead-letter replays of answered batches.
     rescore: bool = False
+    #: The UTC day (ISO date) whose partition the rows go to, when it is not the day of
+    #: ``submitted_at``: a bulk run's chunks all carry the day the run started, so a resumed
+    #: run's re-sent chunk meets its first delivery's rows (common/partitions.py).
+    day: str | None = None
+    #: The caller chose the job ids (``submit(job_ids=...)``): the same id may come again on
+    #: another day, so the writer looks for it in every partition. Ids inferq makes are new
+    #: (uuid4) or deterministic per run (same day), and skip that look-up.
+    ids_given: bool = False
+
+    @property
+    def partition_day(self) -> dt.date:
+        """The day whose partition this batch's rows and ledger row go to."""
+        if self.day is not None:
+            return dt.date.fromisoformat(self.day)
+        return dt.datetime.fromtimestamp(self.submitted_at, dt.UTC).date()
 
     @property
     def n_rows(self) -> int:
@@ -201,8 +217,21 @@ def encode_batch(batch: Batch) -> dict[str, Any]:
         "row_offset": int(batch.row_offset),
         **typed,
         **({"rescore": True} if batch.rescore else {}),
+        **({"day": batch.day} if batch.day else {}),
+        **({"ids": "given"} if batch.ids_given else {}),
         **_row_numbers(batch),
     }
+
+
+_MIN_TIME, _MAX_TIME = 978307200.0, 4102444800.0  # 2001-01-01 .. 2100-01-01 (UTC)
+
+
+def _valid_day(text: str) -> bool:
+    """True for an ISO date within the times a message may carry."""
+    try:
+        return dt.date(2001, 1, 1) <= dt.date.fromisoformat(text) < dt.date(2100, 1, 1)
+    except ValueError:
+        return False
 
 
 def _row_numbers(batch: Batch) -> dict[str, Any]:
@@ -270,6 +299,11 @@ def decode_batch(payload: dict[str, Any]) -> Batch:
     row_offset = payload.get("row_offset") or 0
     if not isinstance(submitted_at, int | float) or not isinstance(row_offset, int):
         raise ContractError("submitted_at must be a number and row_offset an integer")
+    if not _MIN_TIME <= submitted_at <= _MAX_TIME:
+        raise ContractError(f"submitted_at {submitted_at!r} is not a time between 2001 and 2100")
+    day = payload.get("day")
+    if day is not None and not (isinstance(day, str) and _valid_day(day)):
+        raise ContractError(f"day {day!r} is not a date (YYYY-MM-DD) between 2001 and 2100")
     text, positions, width = wire.decode(payload, n, w)
     numbers = payload.get("rows")
     if numbers is not None and (
@@ -293,6 +327,8 @@ def decode_batch(payload: dict[str, Any]) -> Batch:
         submitted_at=float(submitted_at),
         row_offset=row_offset,
         rescore=payload.get("rescore") is True,
+        day=day,
+        ids_given=payload.get("ids") == "given",
         text=text,
         text_positions=positions,
         width=width if text is not None else None,

@@ -9,6 +9,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
+    Date,
     DateTime,
     Double,
     ForeignKeyConstraint,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
@@ -36,6 +38,9 @@ metadata = MetaData(
 #: JSON that is JSONB on Postgres (indexable, queryable with ->>) and JSON elsewhere.
 JSONDoc = JSON().with_variant(JSONB(), "postgresql")
 TZ = DateTime(timezone=True)
+#: Job ids and keys compare byte-wise: cheaper index inserts than a locale's rules, and a
+#: run's job ids (``<run token>:<row id>``) are one range of the primary key.
+IdText = Text().with_variant(Text(collation="C"), "postgresql")
 #: A flat vector of bin counts: bigint[] on Postgres (added element-wise in SQL), JSON elsewhere.
 BinCounts = JSON().with_variant(ARRAY(BigInteger()), "postgresql")
 
@@ -83,17 +88,24 @@ model_aliases = Table(
     ForeignKeyConstraint(["name", "version"], ["model_versions.name", "model_versions.version"]),
 )
 
+#: One row per job. Partitioned by ``day`` on Postgres (common/partitions.py): the UTC day
+#: its message was submitted on, or its bulk run started on; the primary key includes it, and
+#: a job id is unique across days too (workers/results.py). Each row costs Postgres one
+#: primary-key insert, a partial key index entry and a BRIN summary (ARCHITECTURE.md).
 predictions = Table(
     "predictions",
     metadata,
-    Column("job_id", Text, primary_key=True),
+    Column("job_id", IdText, primary_key=True),
+    Column("day", Date, primary_key=True),
     Column("run_id", Text, nullable=True),
-    Column("key", Text, nullable=True),
+    Column("key", IdText, nullable=True),
     Column("model_name", Text, nullable=False),
     Column("model_version", Integer, nullable=False),
     Column("status", Text, nullable=False),  # 'ok' | 'error'
     Column("label", Text, nullable=True),
     Column("score", Double, nullable=True),
+    # NULL for a binary classifier's ok rows whose score is P(classes[1]): the other class's
+    # probability is 1 - score (the `predictions_full` view and the client fill it in).
     Column("probabilities", JSONDoc, nullable=True),
     Column("error", Text, nullable=True),
     Column("submitted_at", TZ, nullable=False),
@@ -106,9 +118,10 @@ predictions = Table(
     # 'sklearn' | 'onnx': the runtime that scored the row (NULL before 0006 and on rows no
     # model scored).
     Column("runtime", Text, nullable=True),
-    Index(None, "model_name", "scored_at"),
-    Index(None, "run_id"),
-    Index(None, "key"),  # feedback joins by key; latest_predictions
+    # BRIN: rows arrive in time order, so a few bytes per 128 pages narrow a time window.
+    Index(None, "scored_at", postgresql_using="brin"),
+    Index(None, "key", postgresql_where=text("key IS NOT NULL")),  # feedback joins by key
+    postgresql_partition_by="RANGE (day)",
 )
 
 #: Exact bin counts per feature and for the output, added by workers in the results'
@@ -144,7 +157,7 @@ feedback = Table(
     metadata,
     Column("model_name", Text, primary_key=True),  # '*' = any model (job ids are global)
     Column("ref_kind", Text, primary_key=True),  # 'job' | 'key'
-    Column("ref", Text, primary_key=True),
+    Column("ref", IdText, primary_key=True),
     Column("label", Text, nullable=True),  # classifiers: the true class, as text
     Column("value", Double, nullable=True),  # regressors: the true value
     Column("loaded_at", TZ, nullable=False),
@@ -168,9 +181,10 @@ model_shadows = Table(
 shadow_predictions = Table(
     "shadow_predictions",
     metadata,
-    Column("job_id", Text, primary_key=True),
+    Column("job_id", IdText, primary_key=True),
     Column("model_name", Text, primary_key=True),
     Column("model_version", Integer, primary_key=True),  # the shadow version
+    Column("day", Date, primary_key=True),  # the primary row's message day (partition key)
     Column("primary_version", Integer, nullable=False),  # the version whose row is in predictions
     Column("label", Text, nullable=True),
     Column("score", Double, nullable=True),
@@ -180,13 +194,17 @@ shadow_predictions = Table(
     Column("worker", Text, nullable=False),
     Column("batch_id", Text, nullable=False),
     Index(None, "model_name", "scored_at"),
+    postgresql_partition_by="RANGE (day)",
 )
 
 #: One row per committed message: the idempotency ledger and the lineage/timings of a batch.
+#: Partitioned like `predictions`: a redelivered message carries the same day, so it meets
+#: its first delivery's row here.
 prediction_batches = Table(
     "prediction_batches",
     metadata,
     Column("batch_id", Text, primary_key=True),
+    Column("day", Date, primary_key=True),
     Column("run_id", Text, nullable=True),
     Column("model_name", Text, nullable=False),
     Column("model_version", Integer, nullable=False),
@@ -203,6 +221,7 @@ prediction_batches = Table(
     Column("write_ms", Double, nullable=False),
     Index(None, "model_name", "committed_at"),
     Index(None, "run_id"),
+    postgresql_partition_by="RANGE (day)",
 )
 
 #: One row per bulk scoring run (`inferq score`).

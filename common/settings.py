@@ -128,6 +128,19 @@ class Settings(BaseSettings):
         description="Window `inferq metrics` exports drift for (PSI per model, version and "
         "feature against its baseline), e.g. 1h, 24h, 7d.",
     )
+    retention: str | None = Field(
+        default=None,
+        pattern=r"^\s*\d+(\.\d+)?\s*[smhdwSMHDW]\s*$",
+        description="How long results are kept: `inferq db prune` without --older-than drops "
+        "the daily partitions older than this, e.g. 90d; unset = keep everything.",
+    )
+    partitions_ahead: int = Field(
+        default=7,
+        ge=1,
+        le=366,
+        description="Daily partitions of `predictions` (and its ledger) that workers keep "
+        "created ahead of today.",
+    )
     start_check: Literal["any", "all", "off"] = Field(
         default="any",
         description="At start the worker loads its preload set and checks every alias target; "

@@ -29,7 +29,7 @@ from inferq.common.schema import prediction_batches, scoring_run_chunks, scoring
 from inferq.models import registry
 from inferq.models.lifecycle import check_servable
 from inferq.producer.client import InferenceClient
-from inferq.producer.runs import FINAL, RunFailed, RunProgress, RunTracker
+from inferq.producer.runs import FINAL, RunFailed, RunProgress, RunTracker, run_token
 from inferq.producer.sources import Source
 from sqlalchemy import func, insert, select, update
 
@@ -37,11 +37,6 @@ from sqlalchemy import func, insert, select, update
 #: chunk ledger is updated and backpressure is checked.
 PUBLISH_GROUP = 50
 PUBLISH_GROUP_ROWS = 100_000
-
-
-def run_token(run_id: str) -> str:
-    """16 hex characters standing for a run id inside its job ids."""
-    return hashlib.blake2b(run_id.encode(), digest_size=8).hexdigest()
 
 
 def job_ids_for(run_id: str, row_ids: list[str | None], first_row: int = 0) -> list[str]:
@@ -67,6 +62,13 @@ def job_ids_for(run_id: str, row_ids: list[str | None], first_row: int = 0) -> l
 def job_id_for(run_id: str, row_id: str) -> str:
     """Deterministic job id of one input row of a run (see job_ids_for)."""
     return job_ids_for(run_id, [row_id])[0]
+
+
+def run_day(started_at: dt.datetime) -> str:
+    """The partition day of a run's rows: the UTC day it started on (ISO date)."""
+    if started_at.tzinfo is None:  # SQLite hands timestamps back without their zone
+        started_at = started_at.replace(tzinfo=dt.UTC)
+    return started_at.astimezone(dt.UTC).date().isoformat()
 
 
 def default_run_id(model: str) -> str:
@@ -106,6 +108,9 @@ class Run:
     committed: set[int]
     resumed: bool
     complete: bool = False  # a re-run of a run whose chunks are all committed
+    #: The UTC day the run started (ISO): every chunk's rows go to that day's partition, so
+    #: a chunk sent again on resume meets its first delivery's rows (common/partitions.py).
+    day: str | None = None
 
 
 def text_columns(run: Run) -> list[str]:
@@ -151,8 +156,8 @@ class BulkScorer(RunTracker):
         features = self._feature_columns(mv, columns, id_column)
         run_id = run_id or default_run_id(mv.name)
         contract.check_job_id(run_id)
+        now = dt.datetime.now(dt.UTC)
         if existing is None:
-            now = dt.datetime.now(dt.UTC)
             with self.engine.begin() as conn:
                 conn.execute(
                     insert(scoring_runs).values(
@@ -180,14 +185,17 @@ class BulkScorer(RunTracker):
             if existing.n_chunks is not None and len(committed) >= existing.n_chunks:
                 # Every chunk is committed: nothing to send, leave the record as it is.
                 return Run(run_id, mv, source, id_column, features, chunk_size, committed,
-                           resumed=True, complete=True)  # fmt: skip
+                           resumed=True, complete=True,
+                           day=run_day(existing.started_at))  # fmt: skip
             extra: dict[str, Any] = {}
             if max_error_rate is not None:
                 extra["max_error_rate"] = max_error_rate
             self._set(run_id, status="enqueuing", error=None, finished_at=None, **extra)
+        started = existing.started_at if existing is not None else now
         return Run(
-            run_id, mv, source, id_column, features, chunk_size, committed, existing is not None
-        )
+            run_id, mv, source, id_column, features, chunk_size, committed, existing is not None,
+            day=run_day(started),
+        )  # fmt: skip
 
     @staticmethod
     def _feature_columns(
@@ -239,6 +247,7 @@ class BulkScorer(RunTracker):
             row_errors=errors,
             batch_id=f"{run.run_id}.{chunk_no}",
             run_id=run.run_id,
+            day=run.day,
             row_offset=first_row,
             text=cols.text,
             text_positions=schema.text_positions if cols.text is not None else (),
@@ -385,4 +394,6 @@ def _upsert_chunks(dialect: str, rows: list[dict[str, Any]]) -> Any:
     )
 
 
-__all__ = ["FINAL", "BulkScorer", "Run", "RunFailed", "RunProgress", "job_ids_for", "rechunk"]
+__all__ = [
+    "FINAL", "BulkScorer", "Run", "RunFailed", "RunProgress", "job_ids_for", "rechunk", "run_token",
+]  # fmt: skip

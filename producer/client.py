@@ -176,6 +176,7 @@ class InferenceClient:
                     submitted_at=now,
                     row_offset=start,
                     rescore=rescore_errors,
+                    ids_given=job_ids is not None,
                     text=None if text is None else [c[start:stop] for c in text],
                     text_positions=schema.text_positions if text is not None else (),
                     width=schema.width if text is not None else None,

@@ -20,7 +20,7 @@ from inferq.common import contract
 from inferq.common.errors import InvalidInput
 from inferq.common.schema import prediction_batches, predictions
 from inferq.producer.bulk import PUBLISH_GROUP, BulkScorer, Run
-from inferq.producer.runs import FINAL, RunFailed, RunProgress
+from inferq.producer.runs import FINAL, RunFailed, RunProgress, run_rows
 from sqlalchemy import func, or_, select
 
 
@@ -45,7 +45,7 @@ def rescorable_chunks(scorer: BulkScorer, run_id: str) -> dict[int, int]:
     """Chunk number -> how many of its rows have an error that was not the data's fault."""
     query = (
         select(predictions.c.batch_id, func.count())
-        .where(predictions.c.run_id == run_id, rescorable_filter())  # type: ignore[arg-type]
+        .where(run_rows(run_id), rescorable_filter())  # type: ignore[arg-type]
         .group_by(predictions.c.batch_id)
     )
     out: dict[int, int] = {}

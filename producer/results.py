@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from inferq.common.failures import translated
-from inferq.common.schema import predictions
-from sqlalchemy import Engine, select
+from inferq.common.schema import model_versions, predictions
+from sqlalchemy import Engine, and_, select
 
 _CHUNK = 5000
 
@@ -52,12 +52,30 @@ class Result:
         return data
 
 
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value  # some drivers give text
+
+
+def binary_probabilities(classes: Any, score: float) -> dict[str, float]:
+    """A binary classifier's probabilities from its score, P(classes[1]) (the row stores no
+    `probabilities`: workers/results.py)."""
+    c0, c1 = _json(classes)
+    return {c0: 1.0 - score, c1: score}
+
+
 def row_to_result(row: Any) -> Result:
-    """Map a `predictions` row to a Result."""
+    """Map a `predictions` row (with the version's ``classes`` and ``has_proba``, when
+    selected, to fill in a binary classifier's probabilities) to a Result."""
     m = row._mapping
-    probs = m["probabilities"]
-    if isinstance(probs, str):  # some drivers hand JSON back as text
-        probs = json.loads(probs)
+    probs = _json(m["probabilities"])
+    if (
+        probs is None
+        and m["status"] == "ok"
+        and m["score"] is not None
+        and m.get("has_proba")
+        and len(_json(m.get("classes")) or ()) == 2
+    ):
+        probs = binary_probabilities(m["classes"], m["score"])
     return Result(
         job_id=m["job_id"],
         key=m["key"],
@@ -78,6 +96,14 @@ def row_to_result(row: Any) -> Result:
     )
 
 
+def with_classes() -> Any:
+    """SELECT of `predictions` rows with what row_to_result needs of their model version."""
+    mv = model_versions
+    return select(predictions, mv.c.classes, mv.c.has_proba).outerjoin(
+        mv, and_(mv.c.name == predictions.c.model_name, mv.c.version == predictions.c.model_version)
+    )
+
+
 def fetch_results(engine: Engine, job_ids: Sequence[str]) -> dict[str, Result]:
     """Results of the given job ids that exist now, keyed by job id (inferq errors only)."""
     out: dict[str, Result] = {}
@@ -85,6 +111,6 @@ def fetch_results(engine: Engine, job_ids: Sequence[str]) -> dict[str, Result]:
     with translated(database_url=str(engine.url)), engine.connect() as conn:
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start : start + _CHUNK]
-            for row in conn.execute(select(predictions).where(predictions.c.job_id.in_(chunk))):
+            for row in conn.execute(with_classes().where(predictions.c.job_id.in_(chunk))):
                 out[row.job_id] = row_to_result(row)
     return out

@@ -7,6 +7,7 @@ Read side of :mod:`producer.bulk`: everything here is computed from the database
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 import time
 from collections.abc import Callable
@@ -20,9 +21,29 @@ from inferq.common.schema import (
     scoring_run_chunks,
     scoring_runs,
 )
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import ColumnElement, Engine, and_, func, select, update
 
 FINAL = ("done", "failed")
+
+
+def run_token(run_id: str) -> str:
+    """16 hex characters standing for a run id inside its job ids."""
+    return hashlib.blake2b(run_id.encode(), digest_size=8).hexdigest()
+
+
+def run_rows(run_id: str) -> ColumnElement[bool]:
+    """`predictions` rows of a bulk run, found through the primary key.
+
+    A run's job ids all start with its token (``<token>:``, ``#`` or ``~``: producer/bulk.py),
+    so they are one byte-wise range of (job_id, day) in each partition: no index on run_id
+    to keep up on every write. ``run_id`` is checked too, for exactness.
+    """
+    token = run_token(run_id)
+    return and_(
+        predictions.c.job_id >= token,
+        predictions.c.job_id < token + "\x7f",  # after '#', ':' and '~'
+        predictions.c.run_id == run_id,
+    )
 
 
 class RunFailed(InferqError):
@@ -160,7 +181,7 @@ class RunTracker:
             counts: dict[str, int] = dict(
                 conn.execute(
                     select(predictions.c.status, func.count())
-                    .where(predictions.c.run_id == row.run_id)
+                    .where(run_rows(row.run_id))
                     .group_by(predictions.c.status)
                 ).all()
             )
@@ -234,16 +255,14 @@ class RunTracker:
 
     def error_breakdown(self, run_id: str, limit: int = 10) -> list[tuple[str, int]]:
         """Most common error messages of a run, with the row number taken out."""
-        stmt = select(predictions.c.error).where(
-            predictions.c.run_id == run_id, predictions.c.status == "error"
-        )
+        stmt = select(predictions.c.error).where(run_rows(run_id), predictions.c.status == "error")
         counts: dict[str, int] = {}
         with self.engine.connect() as conn:
             if conn.dialect.name == "postgresql":
                 kind = func.regexp_replace(predictions.c.error, r"^row [0-9]+: ", "")
                 grouped = conn.execute(
                     select(kind, func.count())
-                    .where(predictions.c.run_id == run_id, predictions.c.status == "error")
+                    .where(run_rows(run_id), predictions.c.status == "error")
                     .group_by(kind)
                     .order_by(func.count().desc())
                     .limit(limit)

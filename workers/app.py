@@ -17,6 +17,7 @@ from inferq.common.celery import create_celery
 from inferq.common.errors import SchemaNotReady
 from inferq.common.failures import mask_url, one_line, translate
 from inferq.workers import runtime
+from inferq.workers.maintenance import PartitionKeeper
 from inferq.workers.parking import ParkClaimer, node_queue
 from inferq.workers.preload import WorkerRuntime, limit_threads
 from inferq.workers.reconcile import InflightReconciler
@@ -32,6 +33,7 @@ import inferq.workers.tasks  # noqa: E402,F401  (registers the task on this app)
 app.steps["worker"].add(InflightReconciler)
 app.steps["worker"].add(ParkClaimer)
 app.steps["worker"].add(ModelWatcher)
+app.steps["worker"].add(PartitionKeeper)
 patch_kombu_close_after_collect()
 app.steps["consumer"].add(ConsumerWatchdog)
 

@@ -1,15 +1,21 @@
 """Bulk, idempotent writes of result rows to the results database.
 
-Postgres, exactly one row per job:
-1. One transaction: COPY the rows straight into `predictions`, then INSERT the batch's
-   ledger row into `prediction_batches` (lineage and timings). The common case is this one
-   transaction, at COPY speed, with three round trips.
-2. If any job id already has a row (a redelivered message, or a caller re-submitting ids),
+Postgres, exactly one row per job. Rows go to the daily partition of their message's day
+(``Batch.partition_day``, common/partitions.py), whose primary key is (job_id, day):
+1. One transaction: COPY the rows straight into the day's partition of `predictions`, then
+   INSERT the batch's ledger row into `prediction_batches` (lineage and timings). The common
+   case is this one transaction, at COPY speed, with three round trips.
+2. If any job id already has a row that day (a redelivered message carries the same day),
    the primary key makes the COPY fail; the transaction is rolled back and redone as:
    ledger INSERT ... ON CONFLICT DO NOTHING (already there: a redelivery, write nothing),
-   COPY into a temp table + INSERT ... ON CONFLICT (job_id) DO NOTHING (first result wins).
-   A concurrent duplicate blocks on the first writer's uncommitted keys, then takes this
-   path too.
+   COPY into a temp table + INSERT ... ON CONFLICT (job_id, day) DO NOTHING (first result
+   wins). A concurrent duplicate blocks on the first writer's uncommitted keys, then takes
+   this path too.
+3. Job ids the caller chose (``ids_given``) and rescores may already have a row on another
+   day: they take path 2 directly, holding advisory locks on their ids' hash buckets (so two
+   days' writers of one id cannot both miss each other), and each row whose id exists in any
+   partition is staged under that row's day, where ON CONFLICT finds it.
+A missing partition is created and the write retried (never a failed write for want of one).
 
 The COPY payload is built column-wise (one string per row from pre-formatted columns, no
 per-row tuple, dict or json.dumps), which keeps the writer near COPY speed.
@@ -23,10 +29,12 @@ import datetime as dt
 import json
 import time
 import uuid
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from inferq.common import partitions
 from inferq.common.contract import code_of
 from inferq.common.schema import dead_letters, prediction_batches, predictions
 from inferq.workers.inference import ScoredBatch
@@ -37,12 +45,15 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 COLUMNS = (
     "job_id", "run_id", "key", "model_name", "model_version", "status", "label", "score",
     "probabilities", "error", "submitted_at", "scored_at", "worker", "batch_id", "error_code",
-    "runtime",
+    "runtime", "day",
 )  # fmt: skip
 _COPY_SQL = f"COPY {{table}} ({', '.join(COLUMNS)}) FROM STDIN"
 _STAGE = "inferq_stage_predictions"
 _NULL = "\\N"
 _SPECIAL = ("\\", "\t", "\n", "\r", "\x00")
+# pg_advisory_xact_lock(class, bucket) for writers of caller-chosen job ids (path 3).
+_ID_LOCK_CLASS = 0x69647100
+_ID_BUCKETS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +105,12 @@ def _null_where_not_ok(column: list[str], ok: Any) -> list[str]:
 
 
 def _proba_and_score_columns(scored: ScoredBatch) -> tuple[list[str], list[str]]:
-    """(probabilities as JSON text, score) columns; a binary score reuses P(classes_[1])."""
+    """(probabilities as JSON text, score) columns.
+
+    A binary classifier whose score is P(classes_[1]) stores no probabilities: the other one
+    is 1 - score (the `predictions_full` view and the client's Result fill it in), which
+    saves Postgres a jsonb parse and ~60 bytes per row.
+    """
     n = len(scored.ok)
 
     def formatted_scores() -> list[str]:
@@ -103,20 +119,15 @@ def _proba_and_score_columns(scored: ScoredBatch) -> tuple[list[str], list[str]]
     if scored.proba is None or scored.classes is None:
         return [_NULL] * n, formatted_scores()
     keys = [json.dumps(c) for c in scored.classes]
-    if len(keys) == 2:
-        k0, k1 = keys
-        p1 = list(map(repr, scored.proba[:, 1].tolist()))
-        docs = [f"{{{k0}: {a!r}, {k1}: {b}}}" for a, b in zip(scored.proba[:, 0].tolist(), p1,
-                                                               strict=True)]  # fmt: skip
-        # A binary score is P(classes_[1]): reuse its text instead of formatting it twice.
-        same = scored.scores is not None and np.array_equal(
-            scored.scores, scored.proba[:, 1], equal_nan=True
-        )
-        scores = p1 if same else formatted_scores()
-    else:
-        docs = ["{" + ", ".join(f"{k}: {v!r}" for k, v in zip(keys, row, strict=True)) + "}"
-                for row in scored.proba.tolist()]  # fmt: skip
-        scores = formatted_scores()
+    if (
+        len(keys) == 2
+        and scored.scores is not None
+        and np.array_equal(scored.scores, scored.proba[:, 1], equal_nan=True)
+    ):
+        return [_NULL] * n, formatted_scores()  # error rows' NaN scores become NULL
+    docs = ["{" + ", ".join(f"{k}: {v!r}" for k, v in zip(keys, row, strict=True)) + "}"
+            for row in scored.proba.tolist()]  # fmt: skip
+    scores = formatted_scores()
     if any("\\" in k for k in keys):
         docs = [_esc(d) for d in docs]
     if scored.n_ok < n:  # error rows carry NaN placeholders: NULL them
@@ -124,8 +135,11 @@ def _proba_and_score_columns(scored: ScoredBatch) -> tuple[list[str], list[str]]
     return docs, scores
 
 
-def copy_payload(scored: ScoredBatch, worker: str, now: dt.datetime) -> str:
-    """The batch's rows in COPY text format, in COLUMNS order."""
+def copy_payload(
+    scored: ScoredBatch, worker: str, now: dt.datetime, days: list[str] | None = None
+) -> str:
+    """The batch's rows in COPY text format, in COLUMNS order; ``days`` overrides the batch's
+    partition day row by row (rows whose job id already lives on another day)."""
     b = scored.batch
     n = b.n_rows
     ids = _text_column(list(b.job_ids))
@@ -147,11 +161,19 @@ def copy_payload(scored: ScoredBatch, worker: str, now: dt.datetime) -> str:
     run = _esc(b.run_id) if b.run_id else _NULL
     middle = f"\t{_esc(scored.model_name)}\t{scored.model_version}\t"
     tail = f"\t{submitted}\t{now.isoformat()}\t{_esc(worker)}\t{_esc(b.batch_id)}\t"
-    end = f"\t{scored.runtime or _NULL}\n"
+    end = f"\t{scored.runtime or _NULL}\t"
+    if days is None:
+        end += f"{b.partition_day.isoformat()}\n"
+        return "".join(
+            f"{i}\t{run}\t{k}{middle}{st}\t{lb}\t{sc}\t{pr}\t{er}{tail}{cd}{end}"
+            for i, k, st, lb, sc, pr, er, cd in zip(
+                ids, keys, status, labels, scores, probs, errors, codes, strict=True
+            )
+        )
     return "".join(
-        f"{i}\t{run}\t{k}{middle}{st}\t{lb}\t{sc}\t{pr}\t{er}{tail}{cd}{end}"
-        for i, k, st, lb, sc, pr, er, cd in zip(
-            ids, keys, status, labels, scores, probs, errors, codes, strict=True
+        f"{i}\t{run}\t{k}{middle}{st}\t{lb}\t{sc}\t{pr}\t{er}{tail}{cd}{end}{d}\n"
+        for i, k, st, lb, sc, pr, er, cd, d in zip(
+            ids, keys, status, labels, scores, probs, errors, codes, days, strict=True
         )
     )
 
@@ -164,6 +186,7 @@ def _ledger_values(
     b = scored.batch
     return {
         "batch_id": b.batch_id,
+        "day": b.partition_day,
         "run_id": b.run_id,
         "model_name": scored.model_name,
         "model_version": scored.model_version,
@@ -203,14 +226,21 @@ def _copy_in_one_transaction(
     engine: Engine, parts: list[ScoredBatch], worker: str, received_at: float, decode_ms: float,
     started: float,
 ) -> list[WriteReport] | None:  # fmt: skip
-    """The common case: COPY every part's rows and insert one ledger row per part, in one
-    transaction. None when a job id or batch already has rows (rolled back: nothing written)."""
+    """The common case: COPY every part's rows into its day's partition and insert one ledger
+    row per part, in one transaction. None when a job id or batch already has rows that day
+    (rolled back: nothing written)."""
     import psycopg
 
-    payload = "".join(copy_payload(p, worker, dt.datetime.now(dt.UTC)) for p in parts)
+    now = dt.datetime.now(dt.UTC)
+    by_day: dict[dt.date, list[str]] = {}
+    for p in parts:
+        by_day.setdefault(p.batch.partition_day, []).append(copy_payload(p, worker, now))
     try:
         with engine.begin() as conn:
-            copy_rows(conn.connection.driver_connection.cursor(), "predictions", payload)  # type: ignore[union-attr]
+            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            for day, payloads in by_day.items():
+                # Straight into the partition: no per-row routing through the parent.
+                copy_rows(cursor, partitions.partition_name("predictions", day), "".join(payloads))
             _shadows(conn, parts, worker)
             write_counts(conn, parts, worker)
             ms = (time.perf_counter() - started) * 1000
@@ -224,16 +254,52 @@ def _copy_in_one_transaction(
         return None
 
 
+def _with_partitions(engine: Engine, parts: list[ScoredBatch], write: Any) -> Any:
+    """``write()``, after creating its days' partitions if it failed for want of one."""
+    try:
+        return write()
+    except Exception as exc:
+        if not partitions.missing_partition(exc):
+            raise
+    partitions.ensure(engine, {p.batch.partition_day for p in parts})
+    return write()
+
+
+def _lock_ids(cursor: Any, job_ids: list[str]) -> None:
+    """Hold the advisory locks of these ids' hash buckets until commit, in bucket order (no
+    deadlock between two such writers)."""
+    buckets = sorted({zlib.crc32(j.encode()) % _ID_BUCKETS for j in job_ids})
+    cursor.execute(
+        "SELECT count(pg_advisory_xact_lock(%s, b)) "
+        "FROM (SELECT unnest(%s::int[]) AS b ORDER BY 1 OFFSET 0) s",
+        (_ID_LOCK_CLASS, buckets),
+    )
+
+
+def _existing_days(cursor: Any, scored: ScoredBatch) -> list[str] | None:
+    """Each row's day: that of its job id's existing row in any partition, else the batch's.
+    None when no id has a row yet."""
+    ids = list(scored.batch.job_ids)
+    found = dict(
+        cursor.execute(
+            "SELECT job_id, day FROM predictions WHERE job_id = ANY(%s)", (ids,)
+        ).fetchall()
+    )
+    if not found:
+        return None
+    day = scored.batch.partition_day
+    return [found.get(j, day).isoformat() for j in ids]
+
+
 def _write_postgres(
     engine: Engine, scored: ScoredBatch, worker: str, received_at: float, decode_ms: float,
     started: float,
 ) -> WriteReport:  # fmt: skip
-    if not scored.batch.rescore:  # a rescore's jobs have rows already: the COPY would fail
+    b = scored.batch
+    if not b.rescore and not b.ids_given:  # path 1 (a rescore's jobs have rows already)
         done = _copy_in_one_transaction(engine, [scored], worker, received_at, decode_ms, started)
         if done is not None:
             return done[0]
-    payload = copy_payload(scored, worker, dt.datetime.now(dt.UTC))
-    # Some job ids (or the whole batch) already have rows: keep the first result of each.
     with engine.begin() as conn:
         # Claim the batch first: a redelivered batch writes nothing, even if its job ids
         # differ from the first delivery's.
@@ -242,6 +308,11 @@ def _write_postgres(
         if not _claim_ledger(conn, values):
             return WriteReport(0, True, ms)
         cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        days = None
+        if b.rescore or b.ids_given:  # path 3: the ids may live on other days
+            _lock_ids(cur, b.job_ids)
+            days = _existing_days(cur, scored)
+        payload = copy_payload(scored, worker, dt.datetime.now(dt.UTC), days)
         cur.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} "
             "(LIKE predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
@@ -249,7 +320,7 @@ def _write_postgres(
         copy_rows(cur, _STAGE, payload)
         cur.execute(
             f"INSERT INTO predictions ({', '.join(COLUMNS)}) "
-            f"SELECT {', '.join(COLUMNS)} FROM {_STAGE} {_on_conflict(scored.batch.rescore)}"
+            f"SELECT {', '.join(COLUMNS)} FROM {_STAGE} {_on_conflict(b.rescore)}"
         )
         written = cur.rowcount
         _shadows(conn, [scored], worker)
@@ -257,7 +328,8 @@ def _write_postgres(
         ms = (time.perf_counter() - started) * 1000
         conn.execute(
             update(prediction_batches)
-            .where(prediction_batches.c.batch_id == scored.batch.batch_id)
+            .where(prediction_batches.c.batch_id == b.batch_id)
+            .where(prediction_batches.c.day == b.partition_day)
             .values(n_written=written, write_ms=ms)
         )
     return WriteReport(written, False, ms)
@@ -274,9 +346,11 @@ def _shadows(conn: Connection, parts: list[ScoredBatch], worker: str) -> None:
 def _on_conflict(rescore: bool) -> str:
     """First result wins; a rescore replaces error rows only (never an ok row)."""
     if not rescore:
-        return "ON CONFLICT (job_id) DO NOTHING"
-    assignments = ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS if c != "job_id")
-    return f"ON CONFLICT (job_id) DO UPDATE SET {assignments} WHERE predictions.status = 'error'"
+        return "ON CONFLICT (job_id, day) DO NOTHING"
+    assignments = ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS if c not in ("job_id", "day"))
+    return (
+        f"ON CONFLICT (job_id, day) DO UPDATE SET {assignments} WHERE predictions.status = 'error'"
+    )
 
 
 def _write_sqlite(
@@ -287,12 +361,13 @@ def _write_sqlite(
     now = dt.datetime.now(dt.UTC)
     submitted = dt.datetime.fromtimestamp(b.submitted_at, dt.UTC)
     keys = b.keys or [None] * b.n_rows
+    day = b.partition_day
     params = [
         {"job_id": j, "run_id": b.run_id, "key": k, "model_name": scored.model_name,
          "model_version": scored.model_version, "status": st, "label": lb, "score": sc,
          "probabilities": pr, "error": er, "submitted_at": submitted, "scored_at": now,
          "worker": worker, "batch_id": b.batch_id, "error_code": code_of(er),
-         "runtime": scored.runtime}
+         "runtime": scored.runtime, "day": day}
         for j, k, st, lb, sc, pr, er in zip(b.job_ids, keys, scored.status, scored.label,
                                             scored.score, scored.probabilities, scored.error,
                                             strict=True)
@@ -305,7 +380,7 @@ def _write_sqlite(
             stmt = sqlite_insert(predictions)
             stmt = stmt.on_conflict_do_update(
                 index_elements=["job_id"],
-                set_={c: stmt.excluded[c] for c in COLUMNS if c != "job_id"},
+                set_={c: stmt.excluded[c] for c in COLUMNS if c not in ("job_id", "day")},
                 where=predictions.c.status == "error",
             )
             written = conn.execute(stmt, params).rowcount
@@ -317,6 +392,7 @@ def _write_sqlite(
         conn.execute(
             update(prediction_batches)
             .where(prediction_batches.c.batch_id == b.batch_id)
+            .where(prediction_batches.c.day == day)
             .values(n_written=written, write_ms=ms)
         )
     return WriteReport(written, False, ms)
@@ -328,7 +404,11 @@ def write_results(
     """Write one scored batch exactly once (idempotent under redelivery and re-submission)."""
     started = time.perf_counter()
     if engine.dialect.name == "postgresql":
-        return _write_postgres(engine, scored, worker, received_at, decode_ms, started)
+        return _with_partitions(
+            engine,
+            [scored],
+            lambda: _write_postgres(engine, scored, worker, received_at, decode_ms, started),
+        )
     return _write_sqlite(engine, scored, worker, received_at, decode_ms, started)
 
 
@@ -342,9 +422,17 @@ def write_group(
     redelivery), the group is rolled back and each message is written on its own, through
     the duplicate-safe path.
     """
-    if engine.dialect.name == "postgresql" and not any(p.batch.rescore for p in parts):
+    if engine.dialect.name == "postgresql" and not any(
+        p.batch.rescore or p.batch.ids_given for p in parts
+    ):
         started = time.perf_counter()
-        done = _copy_in_one_transaction(engine, parts, worker, received_at, decode_ms, started)
+        done = _with_partitions(
+            engine,
+            parts,
+            lambda: _copy_in_one_transaction(
+                engine, parts, worker, received_at, decode_ms, started
+            ),
+        )
         if done is not None:
             return done
     return [

@@ -36,7 +36,7 @@ _cost: dict[tuple[str, int], float] = {}
 
 SHADOW_COLUMNS = (
     "job_id", "model_name", "model_version", "primary_version", "label", "score",
-    "probabilities", "error", "scored_at", "worker", "batch_id",
+    "probabilities", "error", "scored_at", "worker", "batch_id", "day",
 )  # fmt: skip
 
 
@@ -58,6 +58,8 @@ def head(batch: Batch, k: int) -> Batch:
         row_numbers=None if batch.row_numbers is None else batch.row_numbers[:k],
         text=None if batch.text is None else [col[:k] for col in batch.text],
         text_positions=batch.text_positions,
+        day=batch.day,
+        ids_given=batch.ids_given,
         width=batch.width,
     )
 
@@ -107,8 +109,9 @@ def score_shadow(loaded: Any, batch: Batch, primary_ms: float, max_ms: float) ->
     return scored
 
 
-def shadow_payload(shadow: ScoredBatch, primary_version: int, worker: str) -> str:
-    """The shadow's rows in COPY text format, in SHADOW_COLUMNS order."""
+def shadow_payload(shadow: ScoredBatch, primary_version: int, worker: str, day: dt.date) -> str:
+    """The shadow's rows in COPY text format, in SHADOW_COLUMNS order (``day``: the primary
+    rows' partition day)."""
     b = shadow.batch
     n = b.n_rows
     ids = _text_column(list(b.job_ids))
@@ -117,7 +120,7 @@ def shadow_payload(shadow: ScoredBatch, primary_version: int, worker: str) -> st
     errors = _text_column(shadow.error) if shadow.errors else [_NULL] * n
     now = dt.datetime.now(dt.UTC).isoformat()
     middle = f"\t{_esc(shadow.model_name)}\t{shadow.model_version}\t{primary_version}\t"
-    tail = f"\t{now}\t{_esc(worker)}\t{_esc(b.batch_id)}\n"
+    tail = f"\t{now}\t{_esc(worker)}\t{_esc(b.batch_id)}\t{day.isoformat()}\n"
     return "".join(
         f"{i}{middle}{lb}\t{sc}\t{pr}\t{er}{tail}"
         for i, lb, sc, pr, er in zip(ids, labels, scores, probs, errors, strict=True)
@@ -126,25 +129,29 @@ def shadow_payload(shadow: ScoredBatch, primary_version: int, worker: str) -> st
 
 def write_shadows(conn: Connection, parts: list[ScoredBatch], worker: str) -> int:
     """COPY the shadow rows of ``parts`` inside a savepoint; a failure loses only them."""
-    shadows = [(p.shadow, p.batch.version) for p in parts if p.shadow is not None]
+    shadows = [
+        (p.shadow, p.batch.version, p.batch.partition_day) for p in parts if p.shadow is not None
+    ]
     if not shadows:
         return 0
     try:
         with conn.begin_nested():
             if conn.dialect.name != "postgresql":
                 return _insert_rows(conn, shadows, worker)
-            payload = "".join(shadow_payload(s, v, worker) for s, v in shadows)
+            payload = "".join(shadow_payload(s, v, worker, d) for s, v, d in shadows)
             cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
             sql = f"COPY shadow_predictions ({', '.join(SHADOW_COLUMNS)}) FROM STDIN"
             with cursor.copy(sql) as copy:
                 copy.write(payload)
-        return sum(s.batch.n_rows for s, _ in shadows)
+        return sum(s.batch.n_rows for s, _, _ in shadows)
     except Exception as exc:
         log.warning("shadow rows not written (the primary rows are): %s", exc)
         return 0
 
 
-def _insert_rows(conn: Connection, shadows: list[tuple[ScoredBatch, int]], worker: str) -> int:
+def _insert_rows(
+    conn: Connection, shadows: list[tuple[ScoredBatch, int, dt.date]], worker: str
+) -> int:
     """SQLite (the embedded default): plain inserts, first row per job wins."""
     from inferq.common.schema import shadow_predictions
     from sqlalchemy import insert
@@ -153,8 +160,8 @@ def _insert_rows(conn: Connection, shadows: list[tuple[ScoredBatch, int]], worke
     params = [
         {"job_id": j, "model_name": s.model_name, "model_version": s.model_version,
          "primary_version": v, "label": lb, "score": sc, "probabilities": pr, "error": er,
-         "scored_at": now, "worker": worker, "batch_id": s.batch.batch_id}
-        for s, v in shadows
+         "scored_at": now, "worker": worker, "batch_id": s.batch.batch_id, "day": d}
+        for s, v, d in shadows
         for j, lb, sc, pr, er in zip(s.batch.job_ids, s.label, s.score, s.probabilities,
                                      s.error, strict=True)
     ]  # fmt: skip

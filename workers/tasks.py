@@ -120,6 +120,9 @@ def _malformed(payload: dict[str, Any], exc: ContractError) -> ScoredBatch:
         x=np.zeros((len(job_ids), 0)),
         batch_id=str(payload.get("batch_id") or contract.new_id()),
     )
+    # The day its rows are written under must not change if it is delivered again.
+    if isinstance(payload.get("submitted_at"), int | float):
+        batch.submitted_at = min(max(float(payload["submitted_at"]), 978307200.0), 4102444800.0)
     return error_batch(batch, f"message rejected: {exc}", code="message_rejected")
 
 

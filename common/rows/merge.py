@@ -56,4 +56,6 @@ def merge(pieces: Sequence[Batch], batch_id: str | None = None) -> Batch:
         text_positions=first.text_positions,
         width=first.width,
         rescore=first.rescore,
+        day=first.day if all(p.day == first.day for p in pieces) else None,
+        ids_given=any(p.ids_given for p in pieces),
     )

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import pytest
+from inferq.common import partitions
 from inferq.common.db import make_engine
 from inferq.common.errors import InvalidInput, ModelNotFound
 from inferq.common.schema import model_versions, prediction_batches, predictions
@@ -79,6 +80,12 @@ def register(conn, name: str, task: str, classes: list[str] | None) -> None:
     )
 
 
+def with_partitions(engine, rows: list[dict]) -> list[dict]:
+    """The rows, after creating the daily partitions they go to (past days have none)."""
+    partitions.ensure(engine, {r["day"] for r in rows})
+    return rows
+
+
 def prediction(job_id, model, at, *, key=None, ok=True, label=None, score=None) -> dict:
     return {
         "job_id": job_id,
@@ -93,6 +100,7 @@ def prediction(job_id, model, at, *, key=None, ok=True, label=None, score=None) 
         "error": None if ok else "boom",
         "submitted_at": at - dt.timedelta(seconds=1),
         "scored_at": at,
+        "day": (at - dt.timedelta(seconds=1)).astimezone(dt.UTC).date(),
         "worker": "w:1",
         "batch_id": "b1",
         "error_code": None if ok else "model_failed",
@@ -151,18 +159,14 @@ def build_world(engine) -> World:
             rows.append(row)
             if k == 0 or rng.random() < 0.6:
                 world.reg_key_truth[f"r{k}"] = round(row.score + float(rng.normal(0, 20)), 3)
+    values = with_partitions(engine, [
+        prediction(r.job_id, r.model, r.at, key=r.key, ok=r.ok, label=r.predicted, score=r.score)
+        for r in rows
+    ])  # fmt: skip
     with engine.begin() as conn:
         register(conn, "clf", "classifier", ["0", "1"])
         register(conn, "reg", "regressor", None)
-        conn.execute(
-            insert(predictions),
-            [
-                prediction(
-                    r.job_id, r.model, r.at, key=r.key, ok=r.ok, label=r.predicted, score=r.score
-                )
-                for r in rows
-            ],
-        )
+        conn.execute(insert(predictions), values)
     return world
 
 
@@ -353,6 +357,7 @@ def test_latest_predictions_and_hourly_throughput(pg_settings):
             "n_error": i,
             "n_written": 10 * (i + 1),
             "submitted_at": at - dt.timedelta(milliseconds=ms),
+            "day": (at - dt.timedelta(milliseconds=ms)).astimezone(dt.UTC).date(),
             "received_at": at,
             "committed_at": at,
             "decode_ms": 1.0,
@@ -368,6 +373,7 @@ def test_latest_predictions_and_hourly_throughput(pg_settings):
             )
         )
     ]
+    with_partitions(engine, rows + ledger)
     with engine.begin() as conn:
         conn.execute(insert(predictions), rows)
         conn.execute(insert(prediction_batches), ledger)
@@ -440,8 +446,9 @@ def test_bad_inputs_are_clear_errors_and_a_wrong_by_gets_a_hint(pg_settings, tmp
         register(conn, "reg", "regressor", None)
         conn.execute(
             insert(predictions),
-            [prediction(f"j{i}", "reg", at, key=f"cust-{i}", score=1.0) for i in range(5)],
-        )
+            with_partitions(engine, [prediction(f"j{i}", "reg", at, key=f"cust-{i}", score=1.0)
+                                     for i in range(5)]),
+        )  # fmt: skip
     (tmp_path / "empty.csv").write_text("")
     (tmp_path / "header.csv").write_text("id,y\n")
     (tmp_path / "labels.txt").write_text("id,y\n1,2\n")

@@ -26,7 +26,8 @@ def test_upgrade_head_then_alembic_check_and_downgrade(pg_settings):
         insp.get_table_names()
     )
     indexes = {tuple(ix["column_names"]) for ix in insp.get_indexes("predictions")}
-    assert {("model_name", "scored_at"), ("run_id",)} <= indexes
+    assert indexes == {("scored_at",), ("key",)}  # + the primary key (job_id, day)
+    assert insp.get_pk_constraint("predictions")["constrained_columns"] == ["job_id", "day"]
     cols = {c["name"]: str(c["type"]) for c in insp.get_columns("predictions")}
     assert cols["probabilities"] == "JSONB" and cols["score"] == "DOUBLE PRECISION"
     command.downgrade(cfg, "base")
@@ -137,21 +138,21 @@ def test_redelivered_batch_with_different_job_ids_writes_nothing(pg_settings):
 def test_copy_round_trips_every_special_character_through_postgres(pg_settings):
     engine = make_engine(pg_settings)
     nasty = ["line\nbreak", "carriage\rreturn", "back\\slash", "quote \"q\" 's'", "tab\tbed"]
-    classes = [nasty[2], nasty[3]]
+    classes = [nasty[2], nasty[3], nasty[0]]  # three classes: probabilities stored as jsonb
     batch = Batch(model="m", version=1, job_ids=["j0", "j1", "j2"], x=np.zeros((3, 1)),
                   keys=[nasty[0], nasty[1], "nul\x00key"])  # fmt: skip
     scored = ScoredBatch(
         batch=batch, model_name="m", model_version=1, ok=np.array([True, True, False]),
         errors={2: nasty[4]}, labels=[classes[0], classes[1], None],
         scores=np.array([0.25, 1 / 3, np.nan]),
-        proba=np.array([[0.75, 0.25], [2 / 3, 1 / 3], [np.nan, np.nan]]), classes=classes,
+        proba=np.array([[0.75, 0.25, 0.0], [2 / 3, 1 / 3, 0.0], [np.nan] * 3]), classes=classes,
     )  # fmt: skip
     write_results(engine, scored, "w\\1", received_at=0)
     with engine.connect() as conn:
         rows = {r.job_id: r for r in conn.execute(select(predictions))}
     assert [rows[j].key for j in ("j0", "j1", "j2")] == [nasty[0], nasty[1], "nul\ufffdkey"]
     assert (rows["j0"].label, rows["j1"].label) == (classes[0], classes[1])
-    assert rows["j1"].probabilities == {classes[0]: 2 / 3, classes[1]: 1 / 3}  # exact
+    assert rows["j1"].probabilities == {classes[0]: 2 / 3, classes[1]: 1 / 3, classes[2]: 0.0}
     assert rows["j1"].score == 1 / 3
     assert (rows["j2"].error, rows["j2"].label, rows["j2"].probabilities) == (nasty[4], None, None)
     assert rows["j0"].worker == "w\\1"

@@ -28,6 +28,21 @@ def test_roundtrip_through_celery_msgpack_is_exact_and_binary():
     assert (back.run_id, back.row_offset, back.version) == ("r1", 7, 2)
 
 
+def test_partition_day_and_caller_ids_travel_and_default_to_the_submission_day():
+    import datetime as dt
+
+    late = dt.datetime(2026, 5, 31, 23, 59, 59, 900000, tzinfo=dt.UTC).timestamp()
+    plain = contract.decode_batch(contract.encode_batch(_batch(submitted_at=late)))
+    assert plain.partition_day == dt.date(2026, 5, 31) and not plain.ids_given
+    assert "day" not in contract.encode_batch(_batch()) and "ids" not in contract.encode_batch(
+        _batch()
+    )
+    bulk = contract.decode_batch(contract.encode_batch(_batch(submitted_at=late, day="2026-05-20")))
+    assert bulk.partition_day == dt.date(2026, 5, 20)
+    given = contract.decode_batch(contract.encode_batch(_batch(ids_given=True)))
+    assert given.ids_given
+
+
 def test_matrix_is_raw_little_endian_float64_not_a_list():
     batch = _batch(n=1, w=2)
     batch.x = np.array([[1.5, -2.0]])
@@ -46,6 +61,11 @@ def test_matrix_is_raw_little_endian_float64_not_a_list():
         (lambda p: p.update(keys=["only-one"]), "keys"),
         (lambda p: p.update(err_rows=[5], err_msgs=["x"]), "inconsistent"),
         (lambda p: p.pop("model"), "'model'"),
+        (lambda p: p.update(day="2026-13-01"), "is not a date"),
+        (lambda p: p.update(day="1999-01-01"), "between 2001 and 2100"),
+        (lambda p: p.update(day=20260101), "is not a date"),
+        (lambda p: p.update(submitted_at=-5.0), "between 2001 and 2100"),
+        (lambda p: p.update(submitted_at=1e300), "between 2001 and 2100"),
     ],
 )
 def test_decode_rejects_malformed_payloads(mutate, message):

@@ -154,7 +154,7 @@ def test_messages_written_before_typed_rows_still_decode():
         "v": 1, "batch_id": "b", "run_id": None, "model": "m", "version": 2,
         "job_ids": ["a", "b"], "keys": None, "shape": [2, 3],
         "x": np.arange(6, dtype="<f8").tobytes(), "err_rows": [1], "err_msgs": ["row 1: bad"],
-        "submitted_at": 1.0, "row_offset": 5,
+        "submitted_at": 1764547200.0, "row_offset": 5,
     }  # fmt: skip
     batch = contract.decode_batch(old)
     assert batch.text is None and batch.n_features == 3 and batch.row_number(1) == 6
