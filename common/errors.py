@@ -195,3 +195,13 @@ class BrokerUnavailable(TransientError):
 
 class UnknownSettingWarning(UserWarning):
     """An ``INFERQ_*`` environment variable is not a setting (a typo is otherwise ignored)."""
+
+
+class ArchiveMismatch(InferqError):
+    """An archive file does not hold exactly the rows of its partition: nothing was dropped."""
+
+    def __init__(self, name: str, path: object, expected: int, found: int) -> None:
+        super().__init__(
+            f"archive {path} holds {found} rows but partition {name} has {expected}: "
+            "nothing was dropped; check the archive folder (disk full?) and run again"
+        )

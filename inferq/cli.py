@@ -25,7 +25,10 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-db_app = typer.Typer(help="Results database migrations (Alembic).", no_args_is_help=True)
+db_app = typer.Typer(
+    help="Results database: migrations (Alembic), daily partitions, retention (prune).",
+    no_args_is_help=True,
+)
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
 
@@ -251,6 +254,10 @@ def _register_ops_commands() -> None:
     app.command("flower")(cli_ops.flower)
     app.command("metrics")(cli_ops.metrics)
     app.command("scale")(cli_ops.scale)
+    from inferq import cli_db
+
+    db_app.command("prune")(cli_db.prune)
+    db_app.command("partitions")(cli_db.partitions)
 
 
 _register_ops_commands()
