@@ -19,6 +19,7 @@ from typing import Any
 from inferq.bench import scenarios
 from inferq.bench.data import make_mixed_rows, make_rows, train_models
 from inferq.bench.env import ROOT, bench_env
+from inferq.bench.writers import hand_written
 from rich.console import Console
 
 console = Console()
@@ -26,6 +27,7 @@ TARGETS = {
     "bulk_cheap_vs_limit": 0.5,
     "bulk_forest_vs_limit": 1.2,
     "bulk_mixed_vs_limit": 0.7,
+    "bulk_cheap_vs_hand_written": 0.6,
     "bulk_vs_naive": 300,
     "online_p99_ms": 50,
     "child_share_of_model": 0.25,
@@ -102,6 +104,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     settings, paths[name], files[name], args.chunk_size
                 )
             }
+            console.print(f"[{name}] hand-written 3-column writer ...")
+            res[name]["hand_written"] = hand_written(settings, paths[name], files[name])
             if "bulk" not in args.skip:
                 console.print(f"[{name}] inferq bulk, {args.workers} workers ...")
                 res[name]["bulk"] = scenarios.bulk(
@@ -183,8 +187,8 @@ def markdown(res: dict[str, Any], started: float) -> str:
         f"{res['args']['workers']} worker processes; chunk {res['args']['chunk_size']} rows; "
         f"total benchmark time {time.time() - started:.0f}s.",
         "",
-        "| scenario | model | rows | rows/s | × in-process limit | × naive |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        "| scenario | model | rows | rows/s | × in-process limit | × hand-written | × naive |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     checks = []
     for model in ("cheap", "forest", "mixed"):
@@ -192,6 +196,7 @@ def markdown(res: dict[str, Any], started: float) -> str:
         if not r:
             continue
         for key, label in (
+            ("hand_written", "(0) hand-written 3-column writer"),
             ("in_process", "(1) in-process limit"),
             ("bulk", "(2) inferq bulk"),
             ("naive", "(3) naive Celery, 1 task/row"),
@@ -200,10 +205,12 @@ def markdown(res: dict[str, Any], started: float) -> str:
                 continue
             x = r[key]
             vs_limit = _ratio(x, r["in_process"])
+            vs_hand = _ratio(x, r.get("hand_written"))
             vs_naive = _ratio(x, r.get("naive"))
             out.append(
                 f"| {label} | {model} | {x['rows']:,} | {x['rows_per_s']:,.0f} | "
-                f"{vs_limit:.2f}× | {'' if vs_naive is None else f'{vs_naive:,.0f}×'} |"
+                f"{vs_limit:.2f}× | {'' if vs_hand is None else f'{vs_hand:.2f}×'} | "
+                f"{'' if vs_naive is None else f'{vs_naive:,.0f}×'} |"
             )
         if "bulk" in r:
             ratio = _ratio(r["bulk"], r["in_process"]) or 0
@@ -211,6 +218,11 @@ def markdown(res: dict[str, Any], started: float) -> str:
             checks.append(
                 (f"bulk {model} ≥ {target}× in-process", f"{ratio:.2f}×", ratio >= target)
             )
+            if model == "cheap" and "hand_written" in r:
+                vs = _ratio(r["bulk"], r["hand_written"]) or 0
+                target = TARGETS["bulk_cheap_vs_hand_written"]
+                checks.append((f"bulk cheap ≥ {target}× hand-written writer", f"{vs:.2f}×",
+                               vs >= target))  # fmt: skip
             if "naive" in r:
                 vs = _ratio(r["bulk"], r["naive"]) or 0
                 checks.append((f"bulk {model} ≥ 300× naive", f"{vs:,.0f}×", vs >= 300))
