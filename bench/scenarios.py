@@ -41,9 +41,9 @@ def in_process(settings: Settings, model_path: Path, parquet: Path, chunk: int,
     from inferq.models.artifacts import inspect_estimator
     from inferq.producer.bulk import rechunk
     from inferq.producer.sources import ParquetSource
+    from inferq.workers.copytext import copy_payload, copy_rows
     from inferq.workers.inference import ModelInfo, score_batch
     from inferq.workers.preload import limit_threads
-    from inferq.workers.results import copy_payload, copy_rows
 
     limit_threads()
     model = joblib.load(model_path)

@@ -17,8 +17,8 @@ Postgres, exactly one row per job. Rows go to the daily partition of their messa
    partition is staged under that row's day, where ON CONFLICT finds it.
 A missing partition is created and the write retried (never a failed write for want of one).
 
-The COPY payload is built column-wise (one string per row from pre-formatted columns, no
-per-row tuple, dict or json.dumps), which keeps the writer near COPY speed.
+The COPY payload is built column-wise by workers/copytext.py, which keeps the writer near
+COPY speed.
 
 SQLite (the embedded default): the same ledger + INSERT OR IGNORE, no COPY.
 """
@@ -26,31 +26,22 @@ SQLite (the embedded default): the same ledger + INSERT OR IGNORE, no COPY.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 import uuid
 import zlib
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from inferq.common import partitions
 from inferq.common.contract import code_of
 from inferq.common.schema import dead_letters, prediction_batches, predictions
+from inferq.workers.copytext import COLUMNS, copy_payload, copy_rows
 from inferq.workers.inference import ScoredBatch
 from inferq.workers.monitor import write_counts
 from sqlalchemy import Connection, Engine, insert, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-COLUMNS = (
-    "job_id", "run_id", "key", "model_name", "model_version", "status", "label", "score",
-    "probabilities", "error", "submitted_at", "scored_at", "worker", "batch_id", "error_code",
-    "runtime", "day",
-)  # fmt: skip
-_COPY_SQL = f"COPY {{table}} ({', '.join(COLUMNS)}) FROM STDIN"
 _STAGE = "inferq_stage_predictions"
-_NULL = "\\N"
-_SPECIAL = ("\\", "\t", "\n", "\r", "\x00")
 # pg_advisory_xact_lock(class, bucket) for writers of caller-chosen job ids (path 3).
 _ID_LOCK_CLASS = 0x69647100
 _ID_BUCKETS = 64
@@ -63,119 +54,6 @@ class WriteReport:
     n_written: int  # rows new in `predictions`
     duplicate_batch: bool  # the batch was already committed (redelivery): nothing written
     write_ms: float
-
-
-# ----- COPY text format ------------------------------------------------------------------
-def _esc(value: str) -> str:
-    """Escape one value for COPY's text format."""
-    if any(ch in value for ch in _SPECIAL):
-        # NOTE: Postgres text cannot hold NUL: it becomes U+FFFD instead of failing the batch.
-        return (
-            value.replace("\\", "\\\\")
-            .replace("\t", "\\t")
-            .replace("\n", "\\n")
-            .replace("\r", "\\r")
-            .replace("\x00", "\ufffd")
-        )
-    return value
-
-
-def _text_column(values: list[str | None]) -> list[str]:
-    """COPY-escape a column of text; one scan of the joined column decides if any work is due."""
-    try:
-        joined = "".join(values)  # type: ignore[arg-type]
-    except TypeError:  # some values are None
-        joined = "".join(v for v in values if v is not None)
-        if any(ch in joined for ch in _SPECIAL):
-            return [_NULL if v is None else _esc(v) for v in values]
-        return [_NULL if v is None else v for v in values]
-    if any(ch in joined for ch in _SPECIAL):
-        return [_esc(v) for v in values]  # type: ignore[arg-type]
-    return values  # type: ignore[return-value]
-
-
-def _float_column(values: Any) -> list[str]:
-    # NOTE: repr() is the shortest text that reads back as the same double: scores and
-    # probabilities round-trip bit-exactly. NaN (no score) becomes NULL.
-    return [_NULL if v != v else repr(v) for v in values.tolist()]
-
-
-def _null_where_not_ok(column: list[str], ok: Any) -> list[str]:
-    return [v if good else _NULL for v, good in zip(column, ok.tolist(), strict=True)]
-
-
-def _proba_and_score_columns(scored: ScoredBatch) -> tuple[list[str], list[str]]:
-    """(probabilities as JSON text, score) columns.
-
-    A binary classifier whose score is P(classes_[1]) stores no probabilities: the other one
-    is 1 - score (the `predictions_full` view and the client's Result fill it in), which
-    saves Postgres a jsonb parse and ~60 bytes per row.
-    """
-    n = len(scored.ok)
-
-    def formatted_scores() -> list[str]:
-        return _float_column(scored.scores) if scored.scores is not None else [_NULL] * n
-
-    if scored.proba is None or scored.classes is None:
-        return [_NULL] * n, formatted_scores()
-    keys = [json.dumps(c) for c in scored.classes]
-    if (
-        len(keys) == 2
-        and scored.scores is not None
-        and np.array_equal(scored.scores, scored.proba[:, 1], equal_nan=True)
-    ):
-        return [_NULL] * n, formatted_scores()  # error rows' NaN scores become NULL
-    docs = ["{" + ", ".join(f"{k}: {v!r}" for k, v in zip(keys, row, strict=True)) + "}"
-            for row in scored.proba.tolist()]  # fmt: skip
-    scores = formatted_scores()
-    if any("\\" in k for k in keys):
-        docs = [_esc(d) for d in docs]
-    if scored.n_ok < n:  # error rows carry NaN placeholders: NULL them
-        docs, scores = _null_where_not_ok(docs, scored.ok), _null_where_not_ok(scores, scored.ok)
-    return docs, scores
-
-
-def copy_payload(
-    scored: ScoredBatch, worker: str, now: dt.datetime, days: list[str] | None = None
-) -> str:
-    """The batch's rows in COPY text format, in COLUMNS order; ``days`` overrides the batch's
-    partition day row by row (rows whose job id already lives on another day)."""
-    b = scored.batch
-    n = b.n_rows
-    ids = _text_column(list(b.job_ids))
-    keys = _text_column(b.keys) if b.keys is not None else [_NULL] * n
-    all_ok = scored.n_ok == n
-    status = ["ok"] * n if all_ok else ["ok" if v else "error" for v in scored.ok.tolist()]
-    if scored.labels is None:
-        labels = [_NULL] * n
-    else:
-        labels = _text_column(scored.labels if all_ok else scored.label)
-    probs, scores = _proba_and_score_columns(scored)
-    if scored.errors:
-        messages = [scored.errors.get(i) for i in range(n)]
-        errors = _text_column(messages)
-        codes = [_NULL if m is None else str(code_of(m)) for m in messages]
-    else:
-        errors = codes = [_NULL] * n
-    submitted = dt.datetime.fromtimestamp(b.submitted_at, dt.UTC).isoformat()
-    run = _esc(b.run_id) if b.run_id else _NULL
-    middle = f"\t{_esc(scored.model_name)}\t{scored.model_version}\t"
-    tail = f"\t{submitted}\t{now.isoformat()}\t{_esc(worker)}\t{_esc(b.batch_id)}\t"
-    end = f"\t{scored.runtime or _NULL}\t"
-    if days is None:
-        end += f"{b.partition_day.isoformat()}\n"
-        return "".join(
-            f"{i}\t{run}\t{k}{middle}{st}\t{lb}\t{sc}\t{pr}\t{er}{tail}{cd}{end}"
-            for i, k, st, lb, sc, pr, er, cd in zip(
-                ids, keys, status, labels, scores, probs, errors, codes, strict=True
-            )
-        )
-    return "".join(
-        f"{i}\t{run}\t{k}{middle}{st}\t{lb}\t{sc}\t{pr}\t{er}{tail}{cd}{end}{d}\n"
-        for i, k, st, lb, sc, pr, er, cd, d in zip(
-            ids, keys, status, labels, scores, probs, errors, codes, days, strict=True
-        )
-    )
 
 
 # ----- writes ----------------------------------------------------------------------------
@@ -214,12 +92,6 @@ def _claim_ledger(conn: Connection, values: dict[str, Any]) -> bool:
         return conn.execute(stmt.returning(prediction_batches.c.batch_id)).first() is not None
     sqlite_stmt = insert(prediction_batches).values(values).prefix_with("OR IGNORE")
     return conn.execute(sqlite_stmt).rowcount == 1
-
-
-def copy_rows(cursor: Any, table: str, payload: str) -> None:
-    """COPY a ``copy_payload`` text into ``table`` (same columns as `predictions`)."""
-    with cursor.copy(_COPY_SQL.format(table=table)) as copy:
-        copy.write(payload)
 
 
 def _copy_in_one_transaction(

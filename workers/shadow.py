@@ -23,8 +23,8 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from inferq.common.contract import Batch
+from inferq.workers.copytext import NULL, esc, proba_and_score_columns, text_column
 from inferq.workers.inference import ScoredBatch, score_batch
-from inferq.workers.results import _NULL, _esc, _proba_and_score_columns, _text_column
 from sqlalchemy import Connection
 
 log = logging.getLogger("inferq.worker")
@@ -114,13 +114,13 @@ def shadow_payload(shadow: ScoredBatch, primary_version: int, worker: str, day: 
     rows' partition day)."""
     b = shadow.batch
     n = b.n_rows
-    ids = _text_column(list(b.job_ids))
-    labels = [_NULL] * n if shadow.labels is None else _text_column(shadow.label)
-    probs, scores = _proba_and_score_columns(shadow)
-    errors = _text_column(shadow.error) if shadow.errors else [_NULL] * n
+    ids = text_column(list(b.job_ids))
+    labels = [NULL] * n if shadow.labels is None else text_column(shadow.label)
+    probs, scores = proba_and_score_columns(shadow)
+    errors = text_column(shadow.error) if shadow.errors else [NULL] * n
     now = dt.datetime.now(dt.UTC).isoformat()
-    middle = f"\t{_esc(shadow.model_name)}\t{shadow.model_version}\t{primary_version}\t"
-    tail = f"\t{now}\t{_esc(worker)}\t{_esc(b.batch_id)}\t{day.isoformat()}\n"
+    middle = f"\t{esc(shadow.model_name)}\t{shadow.model_version}\t{primary_version}\t"
+    tail = f"\t{now}\t{esc(worker)}\t{esc(b.batch_id)}\t{day.isoformat()}\n"
     return "".join(
         f"{i}{middle}{lb}\t{sc}\t{pr}\t{er}{tail}"
         for i, lb, sc, pr, er in zip(ids, labels, scores, probs, errors, strict=True)

@@ -7,8 +7,8 @@ import re
 import numpy as np
 from inferq.common.contract import Batch, RowError
 from inferq.producer.results import binary_probabilities
+from inferq.workers.copytext import COLUMNS, copy_payload
 from inferq.workers.inference import ScoredBatch
-from inferq.workers.results import COLUMNS, copy_payload
 
 _UNESCAPE = {"\\\\": "\\", "\\t": "\t", "\\n": "\n", "\\r": "\r"}
 

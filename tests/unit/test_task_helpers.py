@@ -8,8 +8,8 @@ import pytest
 from inferq.common import contract
 from inferq.common.errors import ContractError
 from inferq.producer.bulk import job_ids_for, run_token
+from inferq.workers.copytext import copy_payload
 from inferq.workers.inference import error_batch
-from inferq.workers.results import copy_payload
 from inferq.workers.tasks import _transient
 from sqlalchemy.exc import OperationalError as SAOperationalError
 
