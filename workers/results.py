@@ -17,8 +17,8 @@ Postgres, exactly one row per job. Rows go to the daily partition of their messa
    partition is staged under that row's day, where ON CONFLICT finds it.
 A missing partition is created and the write retried (never a failed write for want of one).
 
-The COPY payload is built column-wise by workers/copytext.py, which keeps the writer near
-COPY speed.
+The COPY payload is in Postgres's binary format, built column-wise by workers/copybin.py:
+Postgres parses it at about twice the speed of text.
 
 SQLite (the embedded default): the same ledger + INSERT OR IGNORE, no COPY.
 """
@@ -35,7 +35,7 @@ from typing import Any
 from inferq.common import partitions
 from inferq.common.contract import code_of
 from inferq.common.schema import dead_letters, prediction_batches, predictions
-from inferq.workers.copytext import COLUMNS, copy_payload, copy_rows
+from inferq.workers.copybin import COLUMNS, copy_payload, copy_rows
 from inferq.workers.inference import ScoredBatch
 from inferq.workers.monitor import write_counts
 from sqlalchemy import Connection, Engine, insert, update
@@ -104,7 +104,7 @@ def _copy_in_one_transaction(
     import psycopg
 
     now = dt.datetime.now(dt.UTC)
-    by_day: dict[dt.date, list[str]] = {}
+    by_day: dict[dt.date, list[bytes]] = {}
     for p in parts:
         by_day.setdefault(p.batch.partition_day, []).append(copy_payload(p, worker, now))
     try:
@@ -112,7 +112,7 @@ def _copy_in_one_transaction(
             cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
             for day, payloads in by_day.items():
                 # Straight into the partition: no per-row routing through the parent.
-                copy_rows(cursor, partitions.partition_name("predictions", day), "".join(payloads))
+                copy_rows(cursor, partitions.partition_name("predictions", day), b"".join(payloads))
             _shadows(conn, parts, worker)
             write_counts(conn, parts, worker)
             ms = (time.perf_counter() - started) * 1000
@@ -148,7 +148,7 @@ def _lock_ids(cursor: Any, job_ids: list[str]) -> None:
     )
 
 
-def _existing_days(cursor: Any, scored: ScoredBatch) -> list[str] | None:
+def _existing_days(cursor: Any, scored: ScoredBatch) -> list[dt.date] | None:
     """Each row's day: that of its job id's existing row in any partition, else the batch's.
     None when no id has a row yet."""
     ids = list(scored.batch.job_ids)
@@ -160,7 +160,7 @@ def _existing_days(cursor: Any, scored: ScoredBatch) -> list[str] | None:
     if not found:
         return None
     day = scored.batch.partition_day
-    return [found.get(j, day).isoformat() for j in ids]
+    return [found.get(j, day) for j in ids]
 
 
 def _write_postgres(

@@ -23,7 +23,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from inferq.common.contract import Batch
-from inferq.workers.copytext import NULL, esc, proba_and_score_columns, text_column
+from inferq.workers import copybin
 from inferq.workers.inference import ScoredBatch, score_batch
 from sqlalchemy import Connection
 
@@ -109,21 +109,24 @@ def score_shadow(loaded: Any, batch: Batch, primary_ms: float, max_ms: float) ->
     return scored
 
 
-def shadow_payload(shadow: ScoredBatch, primary_version: int, worker: str, day: dt.date) -> str:
-    """The shadow's rows in COPY text format, in SHADOW_COLUMNS order (``day``: the primary
-    rows' partition day)."""
+def shadow_payload(shadow: ScoredBatch, primary_version: int, worker: str, day: dt.date) -> bytes:
+    """The shadow's rows in COPY's binary format (workers/copybin.py), in SHADOW_COLUMNS order
+    (``day``: the primary rows' partition day)."""
     b = shadow.batch
     n = b.n_rows
-    ids = text_column(list(b.job_ids))
-    labels = [NULL] * n if shadow.labels is None else text_column(shadow.label)
-    probs, scores = proba_and_score_columns(shadow)
-    errors = text_column(shadow.error) if shadow.errors else [NULL] * n
-    now = dt.datetime.now(dt.UTC).isoformat()
-    middle = f"\t{esc(shadow.model_name)}\t{shadow.model_version}\t{primary_version}\t"
-    tail = f"\t{now}\t{esc(worker)}\t{esc(b.batch_id)}\t{day.isoformat()}\n"
-    return "".join(
-        f"{i}{middle}{lb}\t{sc}\t{pr}\t{er}{tail}"
+    ids = copybin.unique_text_fields(list(b.job_ids))
+    labels = [copybin.NULL] * n if shadow.labels is None else copybin.text_fields(shadow.label)
+    probs, scores = copybin.proba_and_score_fields(shadow)
+    errors = [copybin.text_field(e) for e in shadow.error] if shadow.errors else [copybin.NULL] * n
+    start = copybin.row_start(len(SHADOW_COLUMNS))
+    middle = (copybin.text_field(shadow.model_name) + copybin.int4(shadow.model_version)
+              + copybin.int4(primary_version))  # fmt: skip
+    tail = (copybin.timestamptz(dt.datetime.now(dt.UTC)) + copybin.text_field(worker)
+            + copybin.text_field(b.batch_id) + copybin.date_field(day))  # fmt: skip
+    return b"".join(
+        piece
         for i, lb, sc, pr, er in zip(ids, labels, scores, probs, errors, strict=True)
+        for piece in (start, i, middle, lb, sc, pr, er, tail)
     )
 
 
@@ -138,11 +141,9 @@ def write_shadows(conn: Connection, parts: list[ScoredBatch], worker: str) -> in
         with conn.begin_nested():
             if conn.dialect.name != "postgresql":
                 return _insert_rows(conn, shadows, worker)
-            payload = "".join(shadow_payload(s, v, worker, d) for s, v, d in shadows)
+            payload = b"".join(shadow_payload(s, v, worker, d) for s, v, d in shadows)
             cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-            sql = f"COPY shadow_predictions ({', '.join(SHADOW_COLUMNS)}) FROM STDIN"
-            with cursor.copy(sql) as copy:
-                copy.write(payload)
+            copybin.copy_rows(cursor, "shadow_predictions", payload, SHADOW_COLUMNS)
         return sum(s.batch.n_rows for s, _, _ in shadows)
     except Exception as exc:
         log.warning("shadow rows not written (the primary rows are): %s", exc)

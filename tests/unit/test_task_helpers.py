@@ -8,7 +8,7 @@ import pytest
 from inferq.common import contract
 from inferq.common.errors import ContractError
 from inferq.producer.bulk import job_ids_for, run_token
-from inferq.workers.copytext import copy_payload
+from inferq.workers.copybin import copy_payload
 from inferq.workers.inference import error_batch
 from inferq.workers.tasks import _transient
 from sqlalchemy.exc import OperationalError as SAOperationalError
@@ -30,7 +30,9 @@ def test_nul_characters_never_reach_postgres():
     payload = copy_payload(
         error_batch(batch, "bad\x00value", code="invalid_value"), "w", dt.datetime.now(dt.UTC)
     )
-    assert "\x00" not in payload and "a\ufffdb" in payload and "bad\ufffdvalue" in payload
+    assert b"a\x00b" not in payload and b"bad\x00value" not in payload
+    assert "a\ufffdb".encode() in payload
+    assert "bad\ufffdvalue".encode() in payload
     (jid,) = job_ids_for("run", ["x\x00y"])
     assert "\x00" not in jid and jid.startswith(run_token("run") + "~")
 
