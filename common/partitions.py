@@ -9,9 +9,10 @@ rows there (primary keys include ``day``; see ARCHITECTURE.md "Time partitions")
 One partition per table and day, named ``<table>_pYYYYMMDD``. Workers create today's and the
 next ``INFERQ_PARTITIONS_AHEAD`` days' partitions at start and once an hour, and the writer
 creates a missing one on demand, so a write never fails for want of a partition. Creation
-goes through ``CREATE TABLE`` + ``ATTACH PARTITION`` (SHARE UPDATE EXCLUSIVE on the parent:
-writers and readers go on) under a short ``lock_timeout``; removal through ``DETACH PARTITION
-... CONCURRENTLY`` then ``DROP TABLE`` (ops/prune.py), so neither blocks a running write.
+goes through the ``inferq_create_partition`` function of migration 0009: ``CREATE TABLE`` +
+``ATTACH PARTITION`` (SHARE UPDATE EXCLUSIVE on the parent: writers and readers go on) under
+a short ``lock_timeout``; removal through ``DETACH PARTITION ... CONCURRENTLY`` then ``DROP
+TABLE`` (ops/prune.py), so neither blocks a running write.
 
 SQLite (the embedded default) has no partitions: the same tables with a ``day`` column.
 """
@@ -32,10 +33,6 @@ PARTITIONED = ("predictions", "prediction_batches", "shadow_predictions")
 #: Days created ahead of today by workers and `inferq db partitions`.
 DEFAULT_AHEAD = 7
 _NAME = re.compile(r"^(?P<table>[a-z_]+)_p(?P<day>\d{8})$")
-# NOTE: two processes creating the same partition at once would race on the catalog; this
-# advisory lock (any 64-bit constant of our own) makes creation one-at-a-time, cluster-wide.
-_LOCK = 0x696E6665727170  # "inferqp"
-_LOCK_TIMEOUT = "2s"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,45 +90,32 @@ def list_partitions(conn: Connection, table: str | None = None) -> list[Partitio
     return sorted(found, key=lambda p: (p.day, PARTITIONED.index(p.table)))
 
 
-def _create_sql(table: str, day: dt.date) -> list[str]:
-    name = partition_name(table, day)
-    lo, hi = day.isoformat(), (day + dt.timedelta(days=1)).isoformat()
-    # NOTE: CREATE TABLE ... PARTITION OF would take ACCESS EXCLUSIVE on the parent and queue
-    # every writer behind a long analyst query; a standalone table with the bound as a CHECK
-    # (so ATTACH skips its scan) attaches under SHARE UPDATE EXCLUSIVE instead.
-    return [
-        f"CREATE TABLE IF NOT EXISTS {name} (LIKE {table} INCLUDING DEFAULTS)",
-        f"ALTER TABLE {name} ADD CONSTRAINT {name}_day CHECK (day >= '{lo}' AND day < '{hi}')",
-        f"ALTER TABLE {table} ATTACH PARTITION {name} FOR VALUES FROM ('{lo}') TO ('{hi}')",
-        f"ALTER TABLE {name} DROP CONSTRAINT {name}_day",
-    ]
-
-
 def ensure(
     engine: Engine, days: Iterable[dt.date], tables: Iterable[str] = PARTITIONED
 ) -> list[str]:
     """Create the missing partitions of ``tables`` for ``days``; returns the names created.
 
-    Safe to call from many processes at once. Raises psycopg's LockNotAvailable (wrapped by
-    SQLAlchemy) when a lock on a parent cannot be had within 2 s: callers retry later.
+    Through the migration's ``inferq_create_partition`` function, which runs as the schema's
+    owner (ATTACH needs ownership of the parent; workers may run as a least-privilege role),
+    one creator at a time, with the parent's grants copied to the new partition. Safe to call
+    from many processes at once. Raises (SQLAlchemy-wrapped) LockNotAvailable when a lock
+    could not be had within 2 s: callers retry later.
     """
     if engine.dialect.name != "postgresql":
         return []
     wanted = [(t, d) for d in sorted(set(days)) for t in tables]
     with engine.connect() as conn:
         have = {p.name for p in list_partitions(conn)}
-    missing = [(t, d) for t, d in wanted if partition_name(t, d) not in have]
     created: list[str] = []
-    for table, day in missing:
+    for table, day in wanted:
+        if partition_name(table, day) in have:
+            continue
         with engine.begin() as conn:
-            conn.execute(text(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'"))
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK})
-            name = partition_name(table, day)
-            if conn.execute(text("SELECT to_regclass(:n)"), {"n": name}).scalar() is not None:
-                continue  # another process made it while we waited for the lock
-            for sql in _create_sql(table, day):
-                conn.execute(text(sql))
-            created.append(name)
+            made = conn.execute(
+                text("SELECT inferq_create_partition(:t, :d)"), {"t": table, "d": day}
+            ).scalar()
+        if made:
+            created.append(partition_name(table, day))
     return created
 
 

@@ -64,6 +64,53 @@ LEFT JOIN model_versions mv ON mv.name = p.model_name AND mv.version = p.model_v
 """
 
 
+# Creates one day's partition of a partitioned table, as the schema's owner: ATTACH PARTITION
+# needs ownership of the parent, and workers run as a least-privilege role (README
+# "Database"). Called by common/partitions.ensure; EXECUTE is granted like any privilege.
+_LOCK = 0x696E6665727170  # "inferqp": one creator at a time
+CREATE_PARTITION_FN = """
+CREATE FUNCTION inferq_create_partition(parent text, day date) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = {schema}, pg_temp
+SET lock_timeout = '2s'
+AS $$
+DECLARE
+    name text := parent || '_p' || to_char(day, 'YYYYMMDD');
+    lo text := day::text;
+    hi text := (day + 1)::text;
+    acl record;
+BEGIN
+    IF parent NOT IN ('predictions', 'prediction_batches', 'shadow_predictions') THEN
+        RAISE EXCEPTION 'inferq_create_partition: % is not partitioned by day', parent;
+    END IF;
+    -- One creator at a time, cluster-wide (two would race on the catalog).
+    PERFORM pg_advisory_xact_lock({lock});
+    IF to_regclass(name) IS NOT NULL THEN
+        RETURN false;
+    END IF;
+    -- Standalone table + CHECK + ATTACH: SHARE UPDATE EXCLUSIVE on the parent, so writers
+    -- and readers go on (CREATE TABLE ... PARTITION OF would take ACCESS EXCLUSIVE).
+    EXECUTE format('CREATE TABLE %I (LIKE %I INCLUDING DEFAULTS)', name, parent);
+    EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I CHECK (day >= %L AND day < %L)',
+                   name, name || '_day', lo, hi);
+    EXECUTE format('ALTER TABLE %I ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
+                   parent, name, lo, hi);
+    EXECUTE format('ALTER TABLE %I DROP CONSTRAINT %I', name, name || '_day');
+    -- Workers COPY straight into the partition: whoever may write the parent may write it.
+    FOR acl IN
+        SELECT a.privilege_type,
+               CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END AS who
+        FROM pg_class c, aclexplode(c.relacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee
+        WHERE c.oid = parent::regclass
+    LOOP
+        EXECUTE format('GRANT %s ON %I TO %s', acl.privilege_type, name, acl.who);
+    END LOOP;
+    RETURN true;
+END
+$$
+"""
+
+
 def _views() -> Any:
     """Migration 0008 (its view definitions); Alembic loads revisions by path, not package."""
     path = Path(__file__).with_name("0008_monitoring_views.py")
@@ -229,6 +276,9 @@ def upgrade() -> None:
         )
         op.drop_table(f"{table}_pre0009")
     if postgres:
+        schema = bind.execute(sa.text("SELECT current_schema()")).scalar_one()
+        op.execute(CREATE_PARTITION_FN.format(schema=f'"{schema}"', lock=_LOCK))
+        op.execute("REVOKE ALL ON FUNCTION inferq_create_partition(text, date) FROM PUBLIC")
         op.execute('ALTER TABLE feedback ALTER COLUMN ref TYPE text COLLATE "C"')
         for sql in _views().VIEWS.values():
             op.execute(sql)
@@ -239,6 +289,7 @@ def downgrade() -> None:
     bind = op.get_bind()
     postgres = bind.dialect.name == "postgresql"
     if postgres:
+        op.execute("DROP FUNCTION IF EXISTS inferq_create_partition(text, date)")
         op.execute("DROP VIEW IF EXISTS predictions_full")
         for name in reversed(_views().VIEWS):
             op.execute(f"DROP VIEW IF EXISTS {name}")

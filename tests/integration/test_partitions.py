@@ -236,3 +236,42 @@ def test_upgrade_of_a_populated_database_keeps_every_row(pg_url, tmp_path):
     later = _scored(["j1", "new"], submitted_at=_at("2026-01-20"), ids_given=True)
     assert write_results(engine, later, "w", received_at=0).n_written == 1
     engine.dispose()
+
+
+def test_a_least_privilege_role_writes_into_a_day_no_partition_exists_for(pg_settings, engine):
+    """Workers as README's `inferq_app` role: no ownership, yet a missing day's partition is
+    created (by the migration's SECURITY DEFINER function) and written, with the grants of
+    its parent."""
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    role = f"inferq_app_{uuid.uuid4().hex[:8]}"
+    with engine.begin() as conn:
+        database = conn.execute(text("SELECT current_database()")).scalar_one()
+        for sql in (
+            f"CREATE ROLE {role} LOGIN",
+            f'GRANT CONNECT, TEMPORARY ON DATABASE "{database}" TO {role}',
+            f"GRANT USAGE ON SCHEMA public TO {role}",
+            f"GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {role}",
+            f"GRANT EXECUTE ON FUNCTION inferq_create_partition(text, date) TO {role}",
+        ):
+            conn.execute(text(sql))
+    url = make_url(pg_settings.effective_database_url).set(username=role, password=None)
+    app = make_engine(pg_settings.model_copy(update={"database_url": str(url)}))
+    try:
+        assert dt.date(2033, 1, 1) not in _days(engine)
+        scored = _scored(["lp1", "lp2"], submitted_at=_at("2033-01-01"))
+        assert write_results(app, scored, "w", received_at=0).n_written == 2
+        again = _scored(["lp1"], submitted_at=_at("2033-01-02"), ids_given=True)  # path 3
+        assert write_results(app, again, "w", received_at=0).n_written == 0
+        with app.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM predictions_p20330101")).scalar() == 2
+        with pytest.raises(Exception, match="must be owner|permission denied"):
+            with app.begin() as conn:  # the role itself may not create tables
+                conn.execute(text("CREATE TABLE predictions_p20330201 (LIKE predictions)"))
+    finally:
+        app.dispose()
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP OWNED BY {role}"))
+            conn.execute(text(f"DROP ROLE {role}"))
