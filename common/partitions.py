@@ -33,6 +33,7 @@ PARTITIONED = ("predictions", "prediction_batches", "shadow_predictions")
 #: Days created ahead of today by workers and `inferq db partitions`.
 DEFAULT_AHEAD = 7
 _NAME = re.compile(r"^(?P<table>[a-z_]+)_p(?P<day>\d{8})$")
+_MISSING = re.compile(r'relation "[a-z_]+_p\d{8}" does not exist')
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,5 +135,6 @@ def missing_partition(exc: BaseException) -> bool:
     # 23514 "no partition of relation ... found for row" (through the parent);
     # 42P01 "relation ... does not exist" (COPY straight into a day's partition).
     return getattr(orig, "sqlstate", None) in ("23514", "42P01") and (
-        "no partition of relation" in message or ("_p" in message and "does not exist" in message)
+        "no partition of relation" in message
+        or ("does not exist" in message and _MISSING.search(message) is not None)
     )
