@@ -223,7 +223,9 @@ def encode_batch(batch: Batch) -> dict[str, Any]:
     }
 
 
-_MIN_TIME, _MAX_TIME = 978307200.0, 4102444800.0  # 2001-01-01 .. 2100-01-01 (UTC)
+#: The times a message may carry (2001-01-01 .. 2100-01-01 UTC): its rows' partition day
+#: comes from them, and an untrusted payload must not make workers create arbitrary years.
+MIN_TIME, MAX_TIME = 978307200.0, 4102444800.0
 
 
 def _valid_day(text: str) -> bool:
@@ -299,7 +301,7 @@ def decode_batch(payload: dict[str, Any]) -> Batch:
     row_offset = payload.get("row_offset") or 0
     if not isinstance(submitted_at, int | float) or not isinstance(row_offset, int):
         raise ContractError("submitted_at must be a number and row_offset an integer")
-    if not _MIN_TIME <= submitted_at <= _MAX_TIME:
+    if not MIN_TIME <= submitted_at <= MAX_TIME:
         raise ContractError(f"submitted_at {submitted_at!r} is not a time between 2001 and 2100")
     day = payload.get("day")
     if day is not None and not (isinstance(day, str) and _valid_day(day)):

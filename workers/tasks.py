@@ -122,7 +122,8 @@ def _malformed(payload: dict[str, Any], exc: ContractError) -> ScoredBatch:
     )
     # The day its rows are written under must not change if it is delivered again.
     if isinstance(payload.get("submitted_at"), int | float):
-        batch.submitted_at = min(max(float(payload["submitted_at"]), 978307200.0), 4102444800.0)
+        stamped = float(payload["submitted_at"])
+        batch.submitted_at = min(max(stamped, contract.MIN_TIME), contract.MAX_TIME)
     return error_batch(batch, f"message rejected: {exc}", code="message_rejected")
 
 
