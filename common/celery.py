@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from inferq.common import contract, inflight
+from inferq.common import contract, inflight, redisconn
 from inferq.common.settings import Settings, get_settings
 from kombu import Exchange, Queue
 
@@ -41,6 +41,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # so a flood of bulk chunks delays an online job by at most one chunk.
             "queue_order_strategy": "priority",
         }
+        if redisconn.is_sentinel(settings.broker_url):
+            # kombu's sentinel:// transport asks these sentinels for this master's address.
+            transport_options["master_name"] = settings.sentinel_master
     exchange = Exchange("inferq", type="direct")
     return {
         "broker_url": settings.effective_broker_url,
@@ -114,7 +117,7 @@ def send_score(
         queue=queue,
         routing_key=queue,
         producer=producer,
-        headers={inflight.SENT_HEADER: sent_at},
+        headers={inflight.SENT_HEADER: sent_at, inflight.BATCH_HEADER: payload.get("batch_id")},
         # Flower and logs show this summary, never the feature payload.
         argsrepr="()",
         kwargsrepr=describe,

@@ -145,6 +145,24 @@ class EnqueueError(TransientError):
         self.enqueued_job_ids = list(enqueued_job_ids)
 
 
+class NotReplicated(EnqueueError):
+    """The broker took the jobs, but not enough replicas confirmed them in time (Redis WAIT).
+
+    They will most likely be scored; a failover right now could lose them. Submitting them
+    again with the same job ids (``job_ids=``, or re-running a bulk run) is safe.
+    """
+
+    def __init__(self, job_ids: Sequence[str], confirmed: int, wanted: int, ms: int) -> None:
+        InferqError.__init__(
+            self,
+            f"{len(job_ids)} job(s) reached the broker but only {confirmed} of {wanted} "
+            f"replica(s) confirmed them within {ms} ms (INFERQ_BROKER_WAIT_REPLICAS): they "
+            "will probably be scored, but a failover now could lose them; submit them again "
+            "with the same job ids to be sure (that never scores a job twice)",
+        )
+        self.enqueued_job_ids = list(job_ids)
+
+
 class ResultsTimeout(InferqError, TimeoutError):
     """wait() gave up before every job had a result."""
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+from inferq.common import compat
 
 log = logging.getLogger("inferq.inflight")
 
@@ -32,14 +33,11 @@ BODIES = "inferq:inflight:body"
 QUEUES = "inferq:inflight:queue"
 LOCK = "inferq:inflight:reconcile-lock"
 SENT_HEADER = "inferq_sent"  # message header: epoch seconds when this copy was published
-# kombu's Redis transport keeps priority levels in sub-lists "<queue>\x06\x16<level>".
-PRIORITY_SEP = "\x06\x16"
-PRIORITY_STEPS = (0, 3, 6, 9)
-
-
-def is_redis(url: str | None) -> bool:
-    """True for redis:// and rediss:// broker URLs (the only brokers with a ledger)."""
-    return (url or "").split(":", 1)[0] in {"redis", "rediss"}
+BATCH_HEADER = "inferq_batch"  # message header: the batch id (kept by Celery on retries)
+#: Hash: kombu delivery tag -> batch id, for every unacked delivery (written by the workers'
+#: kombu hook with kombu's own unacked entry, common/compat.py): which batches live workers
+#: hold, so a batch held by nobody and queued nowhere is known lost in seconds.
+UNACKED_BATCHES = "inferq:inflight:unacked"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +124,7 @@ return oldest or 'empty'
 
 def queue_keys(queue: str) -> list[str]:
     """The Redis lists of a kombu queue: the queue itself and its priority sub-lists."""
-    return [queue if step == 0 else f"{queue}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS]
+    return compat.redis_layout().queue_keys(queue)
 
 
 def waiting(client: Any, queues: Sequence[str]) -> int:
@@ -151,8 +149,16 @@ def oldest_waiting(client: Any, queue: str) -> float | None:
     return None if found == "unknown" else float(found)
 
 
-def stale(client: Any, older_than: float, limit: int = 500) -> list[Record]:
-    """Records last touched before ``older_than`` that are not waiting in their queue.
+def held_batches(client: Any) -> set[str]:
+    """Batch ids some worker holds unacked right now (see UNACKED_BATCHES)."""
+    return {_text(b) for b in client.hvals(UNACKED_BATCHES)}
+
+
+def stale(
+    client: Any, older_than: float, limit: int = 500, skip: frozenset[str] | set[str] = frozenset()
+) -> list[Record]:
+    """Records last touched before ``older_than`` that are not waiting in their queue (nor
+    in ``skip``).
 
     Only the queue names of the candidates are read to decide; payloads (a bulk chunk's can
     be MBs) are fetched for the records that are to be sent again.
@@ -166,6 +172,8 @@ def stale(client: Any, older_than: float, limit: int = 500) -> list[Record]:
     horizon: dict[str, float | None] = {}
     for (bid, touched), raw_queue in zip(ids, queues, strict=True):
         batch_id = _text(bid)
+        if batch_id in skip:
+            continue
         if raw_queue is None:  # answered between the two reads, or never fully recorded
             orphans.append(batch_id)
             continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from inferq.common import redisconn
 from inferq.common.settings_checks import (
     check_broker_url,
     check_database_url,
@@ -34,8 +35,26 @@ class Settings(BaseSettings):
     )
     broker_url: str | None = Field(
         default=None,
-        description="Celery broker, e.g. redis://:password@127.0.0.1:6379/0 or rediss://...; "
-        "unset = embedded filesystem broker under INFERQ_HOME.",
+        description="Celery broker, e.g. redis://:password@127.0.0.1:6379/0, rediss://... or "
+        "Redis Sentinel sentinel://h1:26379/0;sentinel://h2:26379 (with "
+        "INFERQ_SENTINEL_MASTER); unset = embedded filesystem broker under INFERQ_HOME.",
+    )
+    sentinel_master: str | None = Field(
+        default=None,
+        description="With a sentinel:// broker URL: the master name the sentinels monitor.",
+    )
+    broker_wait_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="submit() returns only once this many Redis replicas hold the enqueued "
+        "jobs (Redis WAIT), so a failover cannot lose an accepted job; 0 = off (replication "
+        "is asynchronous). See RELIABILITY.md for the latency cost.",
+    )
+    broker_wait_timeout_ms: int = Field(
+        default=2000,
+        ge=1,
+        description="How long submit() waits for INFERQ_BROKER_WAIT_REPLICAS before raising "
+        "EnqueueError (the jobs may still be scored; re-submit with the same job ids).",
     )
     database_url: str | None = Field(
         default=None,
@@ -165,6 +184,13 @@ class Settings(BaseSettings):
         description="Seconds between sweeps that give expired unacked messages back "
         "(kombu's default is effectively ~100 s).",
     )
+    liveness_timeout: int = Field(
+        default=15,
+        ge=0,
+        description="A worker whose liveness beat (every 1/5 of this) stops for this many "
+        "seconds is taken for dead and the messages it held go back to the queue at once, "
+        "instead of after INFERQ_VISIBILITY_TIMEOUT; 0 = off.",
+    )
     prefetch_multiplier: int = Field(default=1, ge=1)
     consumer_stall_seconds: int = Field(
         default=60,
@@ -270,6 +296,17 @@ class Settings(BaseSettings):
                 f"INFERQ_VISIBILITY_TIMEOUT ({self.visibility_timeout}s) must be larger than "
                 f"INFERQ_TASK_TIME_LIMIT ({self.task_time_limit}s)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _sentinel_has_master(self) -> Settings:
+        if redisconn.is_sentinel(self.broker_url) and not self.sentinel_master:
+            raise ValueError(
+                "INFERQ_BROKER_URL is a Redis Sentinel URL: set INFERQ_SENTINEL_MASTER to the "
+                "master name the sentinels monitor"
+            )
+        if 0 < self.liveness_timeout < 5:
+            raise ValueError("INFERQ_LIVENESS_TIMEOUT must be 0 (off) or at least 5 seconds")
         return self
 
     @model_validator(mode="after")

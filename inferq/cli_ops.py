@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from inferq.common import redisconn
 from inferq.common.errors import ConfigError
 from inferq.common.settings import Settings, get_settings
 
@@ -121,7 +122,7 @@ def scale(
 
 def _require_redis(settings: Settings, command: str) -> None:
     """Queue depths are read from Redis lists: refuse other brokers with the fix."""
-    if not settings.effective_broker_url.startswith(("redis://", "rediss://")):
+    if not redisconn.is_redis(settings.broker_url):
         raise ConfigError(
             f"{command} reads queue depths from Redis: set INFERQ_BROKER_URL=redis://... "
             f"(the broker now is {settings.effective_broker_url.split('://')[0]}://)"

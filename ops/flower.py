@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from inferq.common import compat
 from inferq.common.errors import InferqError
 from inferq.common.settings import Settings
 
@@ -79,20 +80,14 @@ def queue_names(workers: Mapping[str, Any], configured: Iterable[str]) -> list[s
 
 def _patch_flower_queue_names() -> None:
     """Make Flower's broker page and /api/queues/length always include inferq's queues."""
-    try:
-        from flower.views import BaseHandler
-    except ImportError:  # pragma: no cover - flower is a dependency
-        return
-    if not hasattr(BaseHandler, "get_active_queue_names"):
-        log.warning("this Flower has no get_active_queue_names; queue list left as is")
-        return
+    handler = compat.flower_handler()  # raises IncompatibleInternals if Flower changed
 
     def get_active_queue_names(self: Any) -> list[str]:
         conf = self.capp.conf
         configured = [conf.task_default_queue, *(q.name for q in conf.task_queues or [])]
         return queue_names(self.application.workers, configured)
 
-    BaseHandler.get_active_queue_names = get_active_queue_names
+    handler.get_active_queue_names = get_active_queue_names
 
 
 def main() -> None:

@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from inferq.common.inflight import PRIORITY_STEPS, SENT_HEADER, queue_keys
+from inferq.common import compat, redisconn
+from inferq.common.inflight import SENT_HEADER, queue_keys
 from inferq.common.schema import model_versions, prediction_batches
 from inferq.common.settings import Settings
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -54,10 +55,6 @@ METRICS = {
     "inferq_up": "gauge{source=broker|database}: 1 when the last read worked",
     "inferq_exporter_ledger_lag_seconds": "gauge: how far the ledger reader is behind now",
 }
-
-# kombu's Redis transport: a queue with priorities is several lists, `name` plus
-# `name\x06\x16<p>` for p in 3, 6, 9; unacked deliveries live in the hash `unacked`.
-UNACKED_KEY = "unacked"
 
 # One round trip: LLEN of every sub-queue, the publish time of the oldest message of each
 # queue (kombu LPUSHes and BRPOPs, so the oldest is at index -1) read from its header with a
@@ -99,22 +96,17 @@ class BrokerProbe:
     """Reads queue depths from the Redis broker with one Lua call."""
 
     def __init__(self, settings: Settings, queues: list[str] | None = None) -> None:
-        import redis
-
-        if settings.embedded_broker or not settings.effective_broker_url.startswith(
-            ("redis://", "rediss://")
-        ):
+        if not redisconn.is_redis(settings.broker_url):
             raise ValueError("queue metrics need a Redis broker (INFERQ_BROKER_URL=redis://...)")
         self.queues = queues or [settings.online_queue, settings.bulk_queue]
-        self._client = redis.Redis.from_url(
-            settings.effective_broker_url, socket_timeout=5, socket_connect_timeout=3
-        )
+        self._client = redisconn.broker_client(settings, socket_connect_timeout=3)
         self._script = self._client.register_script(_DEPTH_LUA)
 
     def read(self) -> tuple[list[QueueDepth], int]:
         """Depth and oldest publish time per queue, and the number of unacked messages."""
         keys = [key for q in self.queues for key in queue_keys(q)]
-        out = self._script(keys=[*keys, UNACKED_KEY], args=[len(PRIORITY_STEPS)])
+        layout = compat.redis_layout()
+        out = self._script(keys=[*keys, layout.unacked], args=[len(layout.priority_steps)])
         depths = [
             QueueDepth(q, int(out[2 * i]), float(out[2 * i + 1]) if out[2 * i + 1] else None)
             for i, q in enumerate(self.queues)

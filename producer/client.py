@@ -14,10 +14,16 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from inferq.common import contract, inflight
+from inferq.common import contract, inflight, redisconn
 from inferq.common.celery import InferqCelery, create_celery, send_score
 from inferq.common.db import make_engine
-from inferq.common.errors import EnqueueError, InvalidInput, ResultsTimeout, TooManyRows
+from inferq.common.errors import (
+    EnqueueError,
+    InvalidInput,
+    NotReplicated,
+    ResultsTimeout,
+    TooManyRows,
+)
 from inferq.common.failures import boundary, translated
 from inferq.common.rows.coerce import to_columns
 from inferq.common.settings import Settings, get_settings
@@ -27,6 +33,9 @@ from inferq.producer.coalesce import Coalescer
 from inferq.producer.feedback import FeedbackReport, load_pairs
 from inferq.producer.results import Result, fetch_results
 from sqlalchemy import Engine
+
+#: Written (and replicated) after each publish when waiting for replicas; see _wait_for_replicas.
+WAIT_MARK = "inferq:wait-mark"
 
 
 class InferenceClient:
@@ -224,19 +233,42 @@ class InferenceClient:
             sent = [j for b in batches[:done] for j in b.job_ids]
             total = sum(b.n_rows for b in batches)
             raise EnqueueError(total - len(sent), exc, sent) from exc
-        return [j for b in batches for j in b.job_ids]
+        ids = [j for b in batches for j in b.job_ids]
+        if self.settings.broker_wait_replicas and redisconn.is_redis(self.settings.broker_url):
+            self._wait_for_replicas(ids)
+        return ids
+
+    def _wait_for_replicas(self, job_ids: list[str]) -> None:
+        """Return once INFERQ_BROKER_WAIT_REPLICAS replicas hold what was just published.
+
+        Redis WAIT covers the writes of the connection it is sent on, and kombu publishes
+        through a pool; but the replication stream is ordered, so one write of our own on
+        this connection after the publish, then WAIT for it, covers the publish too.
+        """
+        wanted, ms = self.settings.broker_wait_replicas, self.settings.broker_wait_timeout_ms
+        try:
+            pipe = self._broker_redis().pipeline(transaction=False)
+            pipe.incr(WAIT_MARK)
+            pipe.execute_command("WAIT", wanted, ms)
+            confirmed = int(pipe.execute()[1])
+        except Exception as exc:
+            raise NotReplicated(job_ids, 0, wanted, ms) from exc
+        if confirmed < wanted:
+            raise NotReplicated(job_ids, confirmed, wanted, ms)
 
     def _ledger(self) -> Any:
         """Redis client for the in-flight ledger, or None (disabled or not a Redis broker)."""
-        if not (self.settings.inflight_ledger and inflight.is_redis(self.settings.broker_url)):
+        if not (self.settings.inflight_ledger and redisconn.is_redis(self.settings.broker_url)):
             return None
-        if self._redis is None:
-            import redis
+        return self._broker_redis()
 
+    def _broker_redis(self) -> Any:
+        """This client's own connection to the broker's Redis (ledger, replica waits)."""
+        if self._redis is None:
             with self._lock:
                 if self._redis is None:
-                    self._redis = redis.Redis.from_url(
-                        str(self.settings.broker_url), socket_timeout=10, socket_connect_timeout=5
+                    self._redis = redisconn.broker_client(
+                        self.settings, socket_timeout=10, socket_connect_timeout=5
                     )
         return self._redis
 

@@ -130,6 +130,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         INFERQ_ONLINE_MAX_BATCH_SIZE=str(settings.online_max_batch_size),
         INFERQ_ONLINE_MAX_DELAY_MS=str(settings.online_max_delay_ms),
         INFERQ_CONSUMER_STALL_SECONDS=str(settings.consumer_stall_seconds),
+        INFERQ_LIVENESS_TIMEOUT=str(settings.liveness_timeout),
+        INFERQ_BROKER_WAIT_REPLICAS=str(settings.broker_wait_replicas),
         INFERQ_START_CHECK=settings.start_check,
         INFERQ_RELOAD_INTERVAL=str(settings.reload_interval),
         INFERQ_SHADOW_MAX_MS=str(settings.shadow_max_ms),
@@ -141,6 +143,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         env["INFERQ_BROKER_URL"] = settings.broker_url
     if settings.database_url:
         env["INFERQ_DATABASE_URL"] = settings.database_url
+    if settings.sentinel_master:
+        env["INFERQ_SENTINEL_MASTER"] = settings.sentinel_master
     return env
 
 

@@ -12,17 +12,17 @@ import sys
 from typing import Any
 
 from celery.signals import worker_init, worker_process_init, worker_ready
-from inferq.common import inflight
+from inferq.common import compat, inflight, redisconn
 from inferq.common.celery import create_celery
 from inferq.common.errors import SchemaNotReady
 from inferq.common.failures import mask_url, one_line, translate
 from inferq.workers import runtime
+from inferq.workers.liveness import LivenessStep
 from inferq.workers.maintenance import PartitionKeeper
 from inferq.workers.parking import ParkClaimer, node_queue
 from inferq.workers.preload import WorkerRuntime, limit_threads
 from inferq.workers.reconcile import InflightReconciler
 from inferq.workers.reload import ModelWatcher, settle_before_fork
-from inferq.workers.requests import patch_kombu_close_after_collect
 from inferq.workers.watchdog import ConsumerWatchdog
 
 log = logging.getLogger("inferq.worker")
@@ -34,7 +34,9 @@ app.steps["worker"].add(InflightReconciler)
 app.steps["worker"].add(ParkClaimer)
 app.steps["worker"].add(ModelWatcher)
 app.steps["worker"].add(PartitionKeeper)
-patch_kombu_close_after_collect()
+app.steps["worker"].add(LivenessStep)
+compat.check()  # a moved Celery/kombu internal stops the worker here, by name
+compat.install_redis_hooks(inflight.BATCH_HEADER, inflight.UNACKED_BATCHES)
 app.steps["consumer"].add(ConsumerWatchdog)
 
 
@@ -44,7 +46,7 @@ def _preload_models(sender: Any = None, **_: Any) -> None:
     limit_threads()
     rt = runtime.install(WorkerRuntime(app.inferq_settings))
     rt.health.node = getattr(sender, "hostname", None) or "local"
-    if sender is not None and inflight.is_redis(rt.settings.broker_url):
+    if sender is not None and redisconn.is_redis(rt.settings.broker_url):
         # Claimed parked messages come through a queue only this worker consumes.
         sender.app.amqp.queues.select_add(node_queue(sender.hostname))
     try:

@@ -40,16 +40,13 @@ from typing import Any
 
 from billiard.einfo import ExceptionInfo
 from celery.utils.saferepr import saferepr
-from celery.worker.strategy import default as default_strategy
-from inferq.common import contract
+from inferq.common import compat, contract
 from inferq.common.errors import ContractError
 from inferq.common.rows.merge import layout
 from inferq.common.settings import Settings
 from inferq.workers import runtime
 from inferq.workers.merge import merge_batches, split_scored
-from inferq.workers.requests import channel_gone
 from inferq.workers.results import write_group
-from inferq.workers.steps import free_process
 from inferq.workers.tasks import score_message, summarize, worker_name
 
 log = logging.getLogger("inferq.worker")
@@ -191,7 +188,7 @@ class Batcher:
 
     def _free_process(self) -> bool:
         """True when a pool process could start a job now (unknown pools: always)."""
-        return free_process(self.consumer.pool) is not False
+        return compat.free_process(self.consumer.pool) is not False
 
     def _due(self, key: tuple[str, int], delay: float) -> None:
         """The first message's delay is over: dispatch, unless every process is busy."""
@@ -259,7 +256,7 @@ class Batcher:
         if not isinstance(outcome, list) or len(outcome) != len(reqs):
             outcome = [None] * len(reqs)
         for req, summary in zip(reqs, outcome, strict=True):
-            if channel_gone(req):
+            if compat.channel_gone(req):
                 continue  # its connection was lost: kombu already put the message back
             if summary is None:
                 self.process(req)  # the one-message path: retries, delivery cap, dead letters
@@ -273,7 +270,7 @@ class Batcher:
         why = exc.exception if isinstance(exc, ExceptionInfo) else exc
         log.warning("group of %d messages lost its process (%r); one by one", len(reqs), why)
         for req in reqs:
-            if not channel_gone(req):
+            if not compat.channel_gone(req):
                 self.process(req)
 
     def _give_back(self, pend: _Pending) -> None:
@@ -303,6 +300,6 @@ def strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
         *(s for s, _ in settings.batching_overrides().values()),
     ]
     if max(sizes) <= 1:
-        return default_strategy(task, app, consumer, **kwargs)
+        return compat.default_strategy()(task, app, consumer, **kwargs)
     batcher = Batcher(consumer, settings, consumer.on_task_request)
-    return default_strategy(task, app, _ConsumerView(consumer, batcher.handle), **kwargs)
+    return compat.default_strategy()(task, app, _ConsumerView(consumer, batcher.handle), **kwargs)

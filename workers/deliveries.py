@@ -17,7 +17,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from inferq.common import inflight
+from inferq.common import inflight, redisconn
+from inferq.common.settings import Settings
 
 log = logging.getLogger("inferq.worker")
 _TTL = 24 * 3600
@@ -26,18 +27,17 @@ _TTL = 24 * 3600
 class DeliveryCounter:
     """Per-process Redis counter of unfinished deliveries per batch id (Redis brokers only)."""
 
-    def __init__(self, broker_url: str | None, ledger: bool = True) -> None:
-        self._url = broker_url if inflight.is_redis(broker_url) else None
-        self._ledger = ledger
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._url = settings.broker_url if redisconn.is_redis(settings.broker_url) else None
+        self._ledger = settings.inflight_ledger
         self._client: Any = None
         self._pid = 0
 
     def _redis(self) -> Any:
         if self._client is None or self._pid != os.getpid():
-            import redis
-
             assert self._url is not None
-            self._client = redis.Redis.from_url(self._url, socket_timeout=5)
+            self._client = redisconn.broker_client(self._settings)
             self._pid = os.getpid()
         return self._client
 

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-from inferq.common import inflight
+from inferq.common import redisconn
 from inferq.common.errors import ArtifactMismatch, ModelUnavailable
+from inferq.common.settings import Settings
 
 log = logging.getLogger("inferq.worker")
 
@@ -93,17 +94,16 @@ def explain(ref: str, exc: BaseException, model_store: Path) -> ModelUnavailable
 class HealthBoard:
     """Publishes (and clears) this worker's unservable models in Redis (Redis brokers only)."""
 
-    def __init__(self, broker_url: str | None) -> None:
-        self._url = broker_url if inflight.is_redis(broker_url) else None
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._url = settings.broker_url if redisconn.is_redis(settings.broker_url) else None
         self._client: Any = None
         self.node = "local"
 
     def _redis(self) -> Any:
         if self._client is None:
-            import redis
-
             assert self._url is not None
-            self._client = redis.Redis.from_url(self._url, socket_timeout=5)
+            self._client = redisconn.broker_client(self._settings)
         return self._client
 
     def forget_connection(self) -> None:

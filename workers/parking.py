@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import msgpack
-from inferq.common import inflight
+from inferq.common import inflight, redisconn
 from inferq.common.celery import send_score
 from inferq.workers import runtime
 from inferq.workers.health import BODY, META, Parked, parked
@@ -150,11 +150,11 @@ class ParkClaimer(RedisTimerStep):
     def start(self, worker: Any) -> None:
         """Schedule the rounds (Redis brokers only; INFERQ_PARK_CLAIM_INTERVAL=0 turns off)."""
         settings = worker.app.inferq_settings
-        if not inflight.is_redis(settings.broker_url) or settings.park_claim_interval <= 0:
+        if not redisconn.is_redis(settings.broker_url) or settings.park_claim_interval <= 0:
             return
         self.check = ServeCheck(runtime.get())
         self.queue = node_queue(worker.hostname)
-        self.schedule(worker.timer, str(settings.broker_url), settings.park_claim_interval,
+        self.schedule(worker.timer, settings, settings.park_claim_interval,
                       self._round, (worker.app, settings))  # fmt: skip
 
     def _round(self, app: Any, settings: Any) -> None:

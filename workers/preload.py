@@ -85,12 +85,12 @@ class WorkerRuntime:
         self._engine_pid = 0
         self._lock = threading.Lock()
         self.preload_error: str | None = None
-        self.deliveries = DeliveryCounter(settings.broker_url, settings.inflight_ledger)
+        self.deliveries = DeliveryCounter(settings)
         self.preload_failures: dict[str, str] = {}
         #: Registered versions this worker cannot load (its environment): ref -> problem.
         self.unservable: dict[str, ModelUnavailable] = {}
         self._failed: dict[tuple[str, int], tuple[ModelUnavailable, float]] = {}
-        self.health = HealthBoard(settings.broker_url)
+        self.health = HealthBoard(settings)
         #: From the registry's serving tables (models/lifecycle.py), followed by
         #: workers/reload.py: retired versions are never served; shadows score beside.
         self.retired: frozenset[tuple[str, int]] = frozenset()

@@ -10,9 +10,10 @@ import logging
 import time
 from typing import Any, ClassVar
 
-from inferq.common import inflight
+from inferq.common import inflight, redisconn
 from inferq.common.celery import send_score
 from inferq.common.settings import Settings
+from inferq.workers.health import parked
 from inferq.workers.steps import RedisTimerStep
 
 log = logging.getLogger("inferq.worker")
@@ -22,7 +23,15 @@ def reconcile_once(app: Any, client: Any, settings: Settings) -> int:
     """Re-send every stale, unqueued batch of the ledger; returns how many were sent."""
     if not inflight.claim_round(client, settings.reconcile_interval):
         return 0
-    records = inflight.stale(client, time.time() - settings.stale_after)
+    now = time.time()
+    records = inflight.stale(client, now - settings.stale_after)
+    if settings.liveness_timeout > 0:
+        # With liveness, a batch no live worker holds unacked, not parked and not queued
+        # is lost as soon as it is older than twice the liveness timeout (a dead worker's
+        # in-flight pop: BRPOP took it, the worker died before kombu recorded it).
+        seen = {r.batch_id for r in records}
+        skip = inflight.held_batches(client) | {p.batch_id for p in parked(client)} | seen
+        records += inflight.stale(client, now - 2 * settings.liveness_timeout, skip=skip)
     if not records:
         return 0
     with app.producer_or_acquire() as producer:
@@ -34,10 +43,9 @@ def reconcile_once(app: Any, client: Any, settings: Settings) -> int:
         inflight.touch(pipe, rec.batch_id)
     pipe.execute()
     log.warning(
-        "in-flight ledger: re-sent %d batch(es) unanswered for over %d s and no longer "
-        "queued (lost between Redis and a worker): %s",
+        "in-flight ledger: re-sent %d batch(es) unanswered, held by no live worker and no "
+        "longer queued (lost between Redis and a worker): %s",
         len(records),
-        settings.stale_after,
         ", ".join(r.batch_id for r in records[:5]) + (" ..." if len(records) > 5 else ""),
     )
     return len(records)
@@ -51,9 +59,9 @@ class InflightReconciler(RedisTimerStep):
     def start(self, worker: Any) -> None:
         """Schedule the rounds (only for Redis brokers with the ledger on)."""
         settings: Settings = worker.app.inferq_settings
-        if not (settings.inflight_ledger and inflight.is_redis(settings.broker_url)):
+        if not (settings.inflight_ledger and redisconn.is_redis(settings.broker_url)):
             return
-        self.schedule(worker.timer, str(settings.broker_url), settings.reconcile_interval,
+        self.schedule(worker.timer, settings, settings.reconcile_interval,
                       self._round, (worker.app, settings))  # fmt: skip
 
     def _round(self, app: Any, settings: Settings) -> None:

@@ -10,21 +10,11 @@ is already back in the queue, so there is nothing to ack: skip it and say so.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from celery.worker.request import Request
+from inferq.common.compat import channel_gone
 
 log = logging.getLogger("inferq.worker")
-
-
-def channel_gone(req: Any) -> bool:
-    """True when ``req``'s channel was closed (connection lost): it can't be acked any more,
-    and kombu has already restored its message to the queue."""
-    channel = getattr(req.message, "channel", None)
-    if channel is None or getattr(channel, "closed", False):
-        return True
-    transport = getattr(channel, "connection", None)
-    return transport is None or getattr(transport, "client", True) is None
 
 
 class SafeRequest(Request):
@@ -49,32 +39,3 @@ class SafeRequest(Request):
             self.acknowledged = True
             return
         super().reject(requeue=requeue)
-
-
-def patch_kombu_close_after_collect() -> None:
-    """Keep a Redis reconnect from killing the worker (kombu 5.7 / Celery 5.7).
-
-    On a lost connection Celery first ``collect()``s the connection (its transport's client
-    becomes None), then ``close()``s it; closing the default channel restores unacked
-    messages through that client and raises AttributeError, which Celery treats as
-    unrecoverable: the worker exits (1 in 3 Redis-restart test runs). Those messages are
-    restored by the visibility-timeout sweep anyway, so the close is finished without them.
-    """
-    from kombu.transport import redis as kombu_redis
-
-    original = kombu_redis.Channel.close
-    if getattr(original, "_inferq_patched", False):
-        return
-
-    def close(self: Any) -> None:
-        try:
-            original(self)
-        except AttributeError:
-            if getattr(getattr(self, "connection", None), "client", True) is not None:
-                raise
-            log.warning("broker connection already torn down; its unacked messages return "
-                        "after the visibility timeout")  # fmt: skip
-            self.closed = True
-
-    close._inferq_patched = True  # type: ignore[attr-defined]
-    kombu_redis.Channel.close = close  # type: ignore[method-assign]

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import bootsteps
+from inferq.common import redisconn
+from inferq.common.settings import Settings
 
 
 class RedisTimerStep(bootsteps.StartStopStep):
@@ -16,12 +18,10 @@ class RedisTimerStep(bootsteps.StartStopStep):
         self.tref: Any = None
         self.client: Any = None
 
-    def schedule(self, timer: Any, url: str, every: float, fun: Callable[..., Any],
+    def schedule(self, timer: Any, settings: Settings, every: float, fun: Callable[..., Any],
                  args: tuple[Any, ...]) -> None:  # fmt: skip
-        """Open the Redis client and call ``fun(*args)`` every ``every`` seconds."""
-        import redis
-
-        self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        """Open the broker's Redis client and call ``fun(*args)`` every ``every`` seconds."""
+        self.client = redisconn.broker_client(settings)
         self.tref = timer.call_repeatedly(every, fun, args, priority=10)
 
     def stop(self, parent: Any) -> None:
@@ -32,15 +32,3 @@ class RedisTimerStep(bootsteps.StartStopStep):
         if self.client is not None:
             self.client.close()
             self.client = None
-
-
-def free_process(pool: Any) -> bool | None:
-    """Whether a prefork pool process could start a job now; None for pools we can't see into.
-
-    Jobs handed to the pool and not finished sit in billiard's result cache, so a cache
-    smaller than the process count means a process is idle.
-    """
-    try:
-        return len(pool._pool._cache) < pool.num_processes
-    except Exception:
-        return None

@@ -16,9 +16,10 @@ import time
 from typing import Any, ClassVar
 
 from celery.signals import task_received
-from inferq.common import inflight
+from inferq.common import inflight, redisconn
+from inferq.common.compat import ConsumerStalled, free_process
 from inferq.common.settings import Settings
-from inferq.workers.steps import RedisTimerStep, free_process
+from inferq.workers.steps import RedisTimerStep
 
 log = logging.getLogger("inferq.worker")
 _last_received = [time.monotonic()]
@@ -28,10 +29,6 @@ _last_received = [time.monotonic()]
 def _received(**_: Any) -> None:
     """Main process: a message was received (any task)."""
     _last_received[0] = time.monotonic()
-
-
-class ConsumerStalled(ConnectionResetError):
-    """Raised inside the event loop so Celery restarts the consumer (a connection error)."""
 
 
 def stalled(waiting: int, free_process: bool, idle_for: float, limit: float) -> bool:
@@ -49,11 +46,11 @@ class ConsumerWatchdog(RedisTimerStep):
         """Begin checking (Redis brokers only; INFERQ_CONSUMER_STALL_SECONDS=0 turns it off)."""
         settings: Settings = c.app.inferq_settings
         limit = settings.consumer_stall_seconds
-        if limit <= 0 or not inflight.is_redis(settings.broker_url) or c.timer is None:
+        if limit <= 0 or not redisconn.is_redis(settings.broker_url) or c.timer is None:
             return
         self.started = time.monotonic()
         every = max(1.0, min(10.0, limit / 4))
-        self.schedule(c.timer, str(settings.broker_url), every, self._check, (c, limit))
+        self.schedule(c.timer, settings, every, self._check, (c, limit))
 
     def _check(self, c: Any, limit: float) -> None:
         free = free_process(c.pool)

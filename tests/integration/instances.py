@@ -143,11 +143,12 @@ class ThrowawayRedis:
         except redis.RedisError:
             return False
 
-    def start(self) -> None:
+    def start(self, *extra: str) -> None:
         """Start (again) on the same port and dir: the AOF brings back every acknowledged write."""
         cmd = [
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--appendonly", "yes",
             "--appendfsync", "always", "--save", "", "--dir", str(self.dir), "--daemonize", "no",
+            *extra,
         ]  # fmt: skip
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
@@ -167,6 +168,71 @@ class ThrowawayRedis:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SentinelGroup:
+    """A Redis master, one replica and three sentinels (quorum 2) on free loopback ports."""
+
+    MASTER = "inferq-master"
+
+    def __init__(self) -> None:
+        self.master, self.replica = ThrowawayRedis(), ThrowawayRedis()
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.dir = Path(tempfile.mkdtemp(prefix="inferq-sentinel-"))
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        """kombu's form: password/db on the first sentinel, the others after ';'."""
+        first, *rest = self.sentinel_ports
+        return ";".join([f"sentinel://127.0.0.1:{first}/0",
+                         *(f"sentinel://127.0.0.1:{p}" for p in rest)])  # fmt: skip
+
+    def start(self) -> None:
+        """Master, replica (in sync), then the sentinels (each sees the others)."""
+        self.master.start()
+        self.replica.start("--replicaof", "127.0.0.1", str(self.master.port))
+        wait_until("the replica is in sync", lambda: self.replica.client().info(
+            "replication").get("master_link_status") == "up", timeout=20)  # fmt: skip
+        for port in self.sentinel_ports:
+            conf = self.dir / f"sentinel-{port}.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                f"sentinel monitor {self.MASTER} 127.0.0.1 {self.master.port} 2\n"
+                f"sentinel down-after-milliseconds {self.MASTER} 1000\n"
+                f"sentinel failover-timeout {self.MASTER} 5000\n"
+            )
+            with (self.dir / f"sentinel-{port}.log").open("ab") as log:
+                self.procs.append(subprocess.Popen(
+                    [self.master.binary, str(conf), "--sentinel"], stdout=log,
+                    stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
+        wait_until("three sentinels know each other", lambda: all(
+            self._sentinels_seen(p) >= 2 for p in self.sentinel_ports), timeout=30)  # fmt: skip
+
+    def _sentinels_seen(self, port: int) -> int:
+        try:
+            info = redis.Redis(port=port, socket_timeout=2).sentinel_master(self.MASTER)
+            return int(info.get("num-other-sentinels", 0))
+        except redis.RedisError:
+            return -1
+
+    def master_port(self) -> int:
+        """The master's port as the sentinels see it now."""
+        host_port = redis.Redis(
+            port=self.sentinel_ports[0], socket_timeout=2
+        ).sentinel_get_master_addr_by_name(self.MASTER)
+        return int(host_port[1])
+
+    def close(self) -> None:
+        """Kill everything and delete the files."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        self.master.close()
+        self.replica.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -64,7 +64,12 @@ def test_broker_url_without_a_known_scheme_is_refused_at_load(url, expected):
      "sentinel://h1:26379;sentinel://h2:26379", "filesystem://localhost//"],
 )  # fmt: skip
 def test_supported_broker_urls_load(url):
-    assert Settings(broker_url=url).broker_url == url
+    assert Settings(broker_url=url, sentinel_master="mymaster").broker_url == url
+
+
+def test_a_sentinel_url_needs_the_master_name():
+    with pytest.raises(ValidationError, match="set INFERQ_SENTINEL_MASTER"):
+        Settings(broker_url="sentinel://h1:26379;sentinel://h2:26379")
 
 
 @pytest.mark.parametrize(
