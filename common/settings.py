@@ -226,7 +226,10 @@ class Settings(BaseSettings):
         "queue is sent again; default: visibility timeout + 3 restore sweeps + 30 s.",
     )
     reconcile_interval: int = Field(
-        default=30, ge=1, description="Seconds between in-flight ledger checks by workers."
+        default=5,
+        ge=1,
+        description="Seconds between in-flight ledger checks (one worker per round; a "
+        "round is one sorted-set range read unless something is overdue).",
     )
     max_deliveries: int = Field(
         default=3,

@@ -37,6 +37,7 @@ app.steps["worker"].add(PartitionKeeper)
 app.steps["worker"].add(LivenessStep)
 compat.check()  # a moved Celery/kombu internal stops the worker here, by name
 compat.install_redis_hooks(inflight.BATCH_HEADER, inflight.UNACKED_BATCHES)
+compat.install_pool_shutdown_fix()  # SIGTERM always ends the worker
 app.steps["consumer"].add(ConsumerWatchdog)
 
 

@@ -29,9 +29,11 @@ def reconcile_once(app: Any, client: Any, settings: Settings) -> int:
         # With liveness, a batch no live worker holds unacked, not parked and not queued
         # is lost as soon as it is older than twice the liveness timeout (a dead worker's
         # in-flight pop: BRPOP took it, the worker died before kombu recorded it).
-        seen = {r.batch_id for r in records}
-        skip = inflight.held_batches(client) | {p.batch_id for p in parked(client)} | seen
-        records += inflight.stale(client, now - 2 * settings.liveness_timeout, skip=skip)
+        cutoff = now - 2 * settings.liveness_timeout
+        if client.zcount(inflight.INDEX, "-inf", cutoff):  # else nothing to look up
+            seen = {r.batch_id for r in records}
+            skip = inflight.held_batches(client) | {p.batch_id for p in parked(client)} | seen
+            records += inflight.stale(client, cutoff, skip=skip)
     if not records:
         return 0
     with app.producer_or_acquire() as producer:

@@ -185,3 +185,21 @@ def test_delivery_tags_are_recorded_with_kombus_unacked_entry_and_restored(pg_se
         assert simple.get(timeout=5).payload == {"n": 2}  # restored at the head, not twice
         assert client.llen(queue) == 0
         simple.close()
+
+
+def test_warm_shutdown_always_finishes_short_loop():
+    """The shutdown loop (scripts/shutdown_loop.py, 50 runs for the record) in short form:
+    SIGTERM while busy scoring ~280 KB jobs ends the worker with exit code 0 every time."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    script = repo / "scripts" / "shutdown_loop.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--runs", "4", "--grace", "30"],
+        capture_output=True, text=True, timeout=300, cwd=repo,
+    )  # fmt: skip
+    print(proc.stdout[-800:])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "hung: 0" in proc.stdout

@@ -82,6 +82,16 @@ def test_the_redis_hooks_patch_kombu_once():
     assert getattr(append, "_inferq", False)
 
 
+def test_the_shutdown_fix_replaces_asynpool_flush_once_and_keeps_the_original_checkable():
+    from celery.concurrency import asynpool
+
+    compat.install_pool_shutdown_fix()
+    flush = asynpool.AsynPool.flush
+    compat.install_pool_shutdown_fix()
+    assert asynpool.AsynPool.flush is flush and flush._inferq
+    compat.check()  # pins the original flush's shape, not ours
+
+
 def test_flowers_queue_list_is_where_inferq_widens_it():
     assert callable(compat.flower_handler().get_active_queue_names)
 
