@@ -39,8 +39,7 @@ def in_process(settings: Settings, model_path: Path, parquet: Path, chunk: int,
     from inferq.common.rows.coerce import to_columns
     from inferq.models import registry
     from inferq.models.artifacts import inspect_estimator
-    from inferq.producer.bulk import rechunk
-    from inferq.producer.sources import ParquetSource
+    from inferq.producer.sources import ParquetSource, rechunk
     from inferq.workers.copybin import copy_payload, copy_rows
     from inferq.workers.inference import ModelInfo, score_batch
     from inferq.workers.preload import limit_threads

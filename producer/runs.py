@@ -1,7 +1,8 @@
 """Where bulk runs stand: progress, finalising, waiting and listing (`inferq runs`).
 
 Read side of :mod:`producer.bulk`: everything here is computed from the database
-(`scoring_runs`, `prediction_batches`, `predictions`), so any process can follow a run.
+(`scoring_runs`, `prediction_batches`, `predictions`), so any process can follow a run. The
+names of a run and of its rows (run token, job ids, partition day) are made here too.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import datetime as dt
 import hashlib
 import re
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -29,6 +31,43 @@ FINAL = ("done", "failed")
 def run_token(run_id: str) -> str:
     """16 hex characters standing for a run id inside its job ids."""
     return hashlib.blake2b(run_id.encode(), digest_size=8).hexdigest()
+
+
+def job_ids_for(run_id: str, row_ids: list[str | None], first_row: int = 0) -> list[str]:
+    """Deterministic job ids of a run's rows: ``<run token>:<row id>``.
+
+    Readable and one string concatenation per row (uuid5 cost 5 µs/row, 60% of the producer's
+    CPU). Ids longer than 200 characters are hashed; a missing id uses the row number behind a
+    different separator, so it can never equal a real id.
+    """
+    token = run_token(run_id)
+    prefix = token + ":"
+    out = []
+    for i, row_id in enumerate(row_ids):
+        if row_id is None:
+            out.append(f"{token}#{first_row + i}")
+        elif len(row_id) <= 200 and "\x00" not in row_id:
+            out.append(prefix + row_id)
+        else:
+            out.append(token + "~" + hashlib.blake2b(row_id.encode(), digest_size=16).hexdigest())
+    return out
+
+
+def job_id_for(run_id: str, row_id: str) -> str:
+    """Deterministic job id of one input row of a run (see job_ids_for)."""
+    return job_ids_for(run_id, [row_id])[0]
+
+
+def run_day(started_at: dt.datetime) -> str:
+    """The partition day of a run's rows: the UTC day it started on (ISO date)."""
+    if started_at.tzinfo is None:  # SQLite hands timestamps back without their zone
+        started_at = started_at.replace(tzinfo=dt.UTC)
+    return started_at.astimezone(dt.UTC).date().isoformat()
+
+
+def default_run_id(model: str) -> str:
+    """A fresh run id: model name, UTC time and a short random suffix."""
+    return f"{model}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
 def run_rows(run_id: str) -> ColumnElement[bool]:

@@ -36,6 +36,25 @@ class Source(Protocol):
         ...
 
 
+def rechunk(frames: Iterator[pd.DataFrame], size: int) -> Iterator[pd.DataFrame]:
+    """Re-cut a stream of frames into frames of exactly ``size`` rows (the last may be short)."""
+    buffer: list[pd.DataFrame] = []
+    held = 0
+    for frame in frames:
+        buffer.append(frame)
+        held += len(frame)
+        if held < size:
+            continue
+        whole = pd.concat(buffer, ignore_index=True) if len(buffer) > 1 else buffer[0]
+        cut = (held // size) * size
+        for start in range(0, cut, size):
+            yield whole.iloc[start : start + size]
+        buffer = [whole.iloc[cut:]] if held > cut else []
+        held -= cut
+    if held:
+        yield pd.concat(buffer, ignore_index=True) if len(buffer) > 1 else buffer[0]
+
+
 def _unreadable(path: Path, exc: BaseException) -> InvalidInput:
     return InvalidInput(f"cannot read {path}: {type(exc).__name__}: {exc}")
 

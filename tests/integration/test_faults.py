@@ -57,7 +57,8 @@ def test_sigkill_of_the_whole_worker_mid_run_loses_nothing(
     (BRPOP) but not yet recorded as unacked when the main process died comes back through
     the in-flight ledger (common/inflight.py). No resume, no operator action.
     """
-    from inferq.producer.bulk import BulkScorer, job_ids_for
+    from inferq.producer.bulk import BulkScorer
+    from inferq.producer.runs import job_ids_for
     from inferq.producer.sources import ParquetSource
 
     settings = fast_recovery

@@ -54,7 +54,8 @@ def test_a_killed_workers_bulk_run_resumes_in_seconds(
     production_timeouts, binary_model, start_worker, tmp_path
 ):
     """The issue's scenario: SIGKILL the only worker mid-run, start a new one a second later."""
-    from inferq.producer.bulk import BulkScorer, job_ids_for
+    from inferq.producer.bulk import BulkScorer
+    from inferq.producer.runs import job_ids_for
     from inferq.producer.sources import ParquetSource
 
     settings = production_timeouts

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 from inferq.common.errors import InvalidInput, MissingColumns
 from inferq.models.registry import ModelVersion
-from inferq.producer.bulk import BulkScorer, job_id_for, job_ids_for, rechunk, run_token
-from inferq.producer.sources import CsvSource, open_source
+from inferq.producer.bulk import BulkScorer
+from inferq.producer.runs import job_id_for, job_ids_for, run_token
+from inferq.producer.sources import CsvSource, open_source, rechunk
 
 
 def _frames(sizes):

@@ -7,7 +7,7 @@ import psycopg
 import pytest
 from inferq.common import contract
 from inferq.common.errors import ContractError
-from inferq.producer.bulk import job_ids_for, run_token
+from inferq.producer.runs import job_ids_for, run_token
 from inferq.workers.copybin import copy_payload
 from inferq.workers.inference import error_batch
 from inferq.workers.tasks import _transient
