@@ -118,6 +118,9 @@ predictions = Table(
     # 'sklearn' | 'onnx': the runtime that scored the row (NULL before 0006 and on rows no
     # model scored).
     Column("runtime", Text, nullable=True),
+    # The row's position in its input (a bulk run: from 0, as row errors count) or in its
+    # submit() call (online); `inferq results` orders by it. NULL on rows before 0010.
+    Column("row_no", BigInteger, nullable=True),
     # BRIN: rows arrive in time order, so a few bytes per 128 pages narrow a time window.
     Index(None, "scored_at", postgresql_using="brin"),
     Index(None, "key", postgresql_where=text("key IS NOT NULL")),  # feedback joins by key

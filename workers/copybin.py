@@ -26,7 +26,7 @@ from inferq.workers.inference import ScoredBatch
 COLUMNS = (
     "job_id", "run_id", "key", "model_name", "model_version", "status", "label", "score",
     "probabilities", "error", "submitted_at", "scored_at", "worker", "batch_id", "error_code",
-    "runtime", "day",
+    "runtime", "day", "row_no",
 )  # fmt: skip
 HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 TRAILER = b"\xff\xff"
@@ -85,6 +85,16 @@ def float_fields(values: Any) -> list[bytes]:
     for i in np.flatnonzero(np.isnan(values)).tolist():
         out[i] = NULL
     return out
+
+
+def int8_fields(values: Any) -> list[bytes]:
+    """int8 fields (no NULLs), column-wise like float_fields."""
+    n = len(values)
+    rec = np.empty(n, dtype=[("size", ">i4"), ("value", ">i8")])
+    rec["size"] = 8
+    rec["value"] = values
+    raw = rec.tobytes()
+    return [raw[i : i + 12] for i in range(0, 12 * n, 12)]
 
 
 def int4(value: int) -> bytes:
@@ -167,13 +177,22 @@ def copy_payload(
     day_fields = (
         [date_field(b.partition_day)] * n if days is None else [date_field(d) for d in days]
     )
+    numbers = int8_fields(row_numbers(b))
     parts: list[bytes] = []
     extend = parts.extend
-    for i, k, st, lb, sc, pr, er, cd, d in zip(
-        ids, keys, status, labels, scores, probs, errors, codes, day_fields, strict=True
+    for i, k, st, lb, sc, pr, er, cd, d, no in zip(
+        ids, keys, status, labels, scores, probs, errors, codes, day_fields, numbers, strict=True
     ):
-        extend((_ROW, i, run, k, middle, st, lb, sc, pr, er, tail, cd, end, d))
+        extend((_ROW, i, run, k, middle, st, lb, sc, pr, er, tail, cd, end, d, no))
     return b"".join(parts)
+
+
+def row_numbers(batch: Any) -> Any:
+    """Each row's number as its producer knows it (`predictions.row_no`): the input row of a
+    bulk run, the position in a submit() call online (coalesced batches carry them)."""
+    if batch.row_numbers is not None:
+        return np.asarray(batch.row_numbers, dtype=np.int64)
+    return np.arange(batch.row_offset, batch.row_offset + batch.n_rows, dtype=np.int64)
 
 
 def row_start(n_fields: int) -> bytes:

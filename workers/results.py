@@ -35,7 +35,7 @@ from typing import Any
 from inferq.common import partitions
 from inferq.common.contract import code_of
 from inferq.common.schema import dead_letters, prediction_batches, predictions
-from inferq.workers.copybin import COLUMNS, copy_payload, copy_rows
+from inferq.workers.copybin import COLUMNS, copy_payload, copy_rows, row_numbers
 from inferq.workers.inference import ScoredBatch
 from inferq.workers.monitor import write_counts
 from sqlalchemy import Connection, Engine, insert, update
@@ -233,16 +233,17 @@ def _write_sqlite(
     now = dt.datetime.now(dt.UTC)
     submitted = dt.datetime.fromtimestamp(b.submitted_at, dt.UTC)
     keys = b.keys or [None] * b.n_rows
+    numbers = row_numbers(b).tolist()
     day = b.partition_day
     params = [
         {"job_id": j, "run_id": b.run_id, "key": k, "model_name": scored.model_name,
          "model_version": scored.model_version, "status": st, "label": lb, "score": sc,
          "probabilities": pr, "error": er, "submitted_at": submitted, "scored_at": now,
          "worker": worker, "batch_id": b.batch_id, "error_code": code_of(er),
-         "runtime": scored.runtime, "day": day}
-        for j, k, st, lb, sc, pr, er in zip(b.job_ids, keys, scored.status, scored.label,
-                                            scored.score, scored.probabilities, scored.error,
-                                            strict=True)
+         "runtime": scored.runtime, "day": day, "row_no": no}
+        for j, k, st, lb, sc, pr, er, no in zip(b.job_ids, keys, scored.status, scored.label,
+                                                scored.score, scored.probabilities, scored.error,
+                                                numbers, strict=True)
     ]  # fmt: skip
     with engine.begin() as conn:
         values = _ledger_values(scored, worker, received_at, decode_ms, 0, 0.0)

@@ -71,6 +71,7 @@ def test_copy_write_is_exact_and_redelivery_is_a_noop(pg_settings):
         row = conn.execute(select(predictions).where(predictions.c.job_id == "j7")).one()
         assert row.score == 7.1 and row.probabilities == {"a": 7.1, "b": 0.9 - 7}
         assert row.worker == "w1" and row.batch_id == scored.batch.batch_id
+        assert row.row_no == 7  # its position in the message's rows (row_offset 0)
         ledger = conn.execute(select(prediction_batches)).one()
         assert (ledger.n_rows, ledger.n_ok, ledger.n_written) == (2000, 2000, 2000)
     engine.dispose()
