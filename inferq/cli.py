@@ -122,6 +122,9 @@ def _register_run_commands() -> None:
 
     app.command("score")(cli_runs.score)
     app.command("runs")(cli_runs.runs)
+    from inferq import cli_results
+
+    app.command("results")(cli_results.results)
     from inferq.cli_dead import dead_app
 
     app.add_typer(dead_app, name="dead-letters")

@@ -83,6 +83,13 @@ def score(
         "were not the data's fault (model unavailable, dead-lettered, time limit); the new "
         "result replaces the error row, still one row per job.",
     ),
+    output: str | None = typer.Option(
+        None,
+        "--output",
+        "-o",
+        help="When the run finishes, also write its rows to this file (.parquet, .csv, "
+        ".csv.gz), in input order; same as `inferq results RUN_ID -o FILE`.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary, no progress bar."),
 ) -> None:
     """Score a CSV/Parquet file or a SQL query in bulk; results land in `predictions`."""
@@ -91,6 +98,12 @@ def score(
 
     if rescore_errors and not run_id:
         raise typer.BadParameter("--rescore-errors needs the --run-id of a finished run")
+    if output is not None:
+        if not wait:
+            raise typer.BadParameter("--output needs the run to finish: drop --no-wait")
+        from inferq.producer.export import output_format
+
+        output_format(output)  # a bad file name fails before anything is sent
     settings = get_settings()
     client = InferenceClient(settings)
     try:
@@ -103,12 +116,28 @@ def score(
             close = getattr(source, "close", None)
             if close:
                 close()
+        written = None
+        if output is not None and result.status in ("done", "failed"):
+            from inferq import cli_results
+            from inferq.producer.export import Selection
+
+            written = cli_results.write(
+                client.engine, Selection(run_id=result.run_id), output, quiet=as_json
+            )
     finally:
         client.close()
     if as_json:
-        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
+        data = result.to_json()
+        if written is not None:
+            data["output"] = written.to_json()
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
         _print_summary(result, errors)
+        if output is not None and written is None:
+            console.print(
+                f"no file written: the run did not finish; `inferq results {result.run_id} "
+                f"-o {output}` writes it later"
+            )
     raise typer.Exit(code)
 
 
