@@ -195,7 +195,7 @@ def test_results_refuses_what_it_cannot_do_with_one_clear_line(pg_settings, tmp_
                 "o.csv",
             ],
             "drop --no-wait",
-        ),  # fmt: skip
+        ),
     ]
     for argv, message in cases:
         code, _, stderr = cli(pg_settings, *argv, timeout=60)

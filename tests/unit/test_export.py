@@ -44,8 +44,10 @@ def _chunk(ids: list[str], first: int, classes=CLASSES, fail: int | None = None)
     n = len(ids)
     rng = np.random.default_rng(first)
     proba = rng.dirichlet(np.ones(len(classes)), size=n)
-    batch = Batch(model="m", version=1, job_ids=job_ids_for("r", ids, first), keys=ids,
-                  x=np.zeros((n, 1)), run_id="r", batch_id=f"r.{first}", row_offset=first)  # fmt: skip
+    batch = Batch(
+        model="m", version=1, job_ids=job_ids_for("r", ids, first), keys=ids,
+        x=np.zeros((n, 1)), run_id="r", batch_id=f"r.{first}", row_offset=first,
+    )  # fmt: skip
     ok = np.ones(n, dtype=bool)
     errors = {}
     if fail is not None:
@@ -124,7 +126,7 @@ def test_many_classes_become_one_json_column(sqlite_settings, tmp_path):
         ("a.csv.gz", "csv.gz"),
         (None, "csv"),
         ("-", "csv"),
-    ],  # fmt: skip
+    ],
 )
 def test_output_format_from_the_name(name, fmt, tmp_path):
     assert output_format(name if name in (None, "-") else str(tmp_path / name)) == fmt
