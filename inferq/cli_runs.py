@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import typer
@@ -83,6 +84,20 @@ def score(
         "were not the data's fault (model unavailable, dead-lettered, time limit); the new "
         "result replaces the error row, still one row per job.",
     ),
+    stall_timeout: float | None = typer.Option(
+        None,
+        "--stall-timeout",
+        min=1,
+        help="Give up (exit 1, resumable with the same --run-id) after this many seconds "
+        "without one row scored, e.g. no worker consumes the queue (default: "
+        "INFERQ_BULK_STALL_SECONDS, 600). A warning comes after half of it, at most 60 s.",
+    ),
+    skip_id_check: bool = typer.Option(
+        False,
+        "--skip-id-check",
+        help="Do not read the id column first to refuse repeated ids (for inputs whose ids "
+        "are known unique, e.g. a primary key); a repeated id then fails the run at its end.",
+    ),
     output: str | None = typer.Option(
         None,
         "--output",
@@ -105,13 +120,17 @@ def score(
 
         output_format(output)  # a bad file name fails before anything is sent
     settings = get_settings()
+    if stall_timeout is not None:  # also bounds a run held back by backpressure
+        settings = settings.model_copy(update={"bulk_stall_seconds": stall_timeout})
     client = InferenceClient(settings)
     try:
         source = open_source(input_path, sql, source_url, settings.effective_database_url)
         try:
-            code, result, errors = _run(client, source, model, id_column, run_id, chunk_size,
-                                        max_error_rate, wait, timeout, as_json,
-                                        rescore_errors)  # fmt: skip
+            opts = ScoreOptions(
+                model, id_column, run_id, chunk_size, max_error_rate, wait, timeout, as_json,
+                rescore_errors, settings.bulk_stall_seconds, not skip_id_check,
+            )  # fmt: skip
+            code, result, errors = _run(client, source, opts)
         finally:
             close = getattr(source, "close", None)
             if close:
@@ -141,18 +160,32 @@ def score(
     raise typer.Exit(code)
 
 
-def _run(
-    client: Any, source: Any, model: str, id_column: str, run_id: str | None,
-    chunk_size: int | None, max_error_rate: float | None, wait: bool, timeout: float | None,
-    as_json: bool, rescore_errors: bool = False,
-) -> tuple[int, Any, list[tuple[str, int]]]:  # fmt: skip
+@dataclass(frozen=True, slots=True)
+class ScoreOptions:
+    """What `inferq score` was asked to do (its options, minus the source and output)."""
+
+    model: str
+    id_column: str
+    run_id: str | None
+    chunk_size: int | None
+    max_error_rate: float | None
+    wait: bool
+    timeout: float | None
+    as_json: bool
+    rescore_errors: bool
+    stall: float
+    check_ids: bool
+
+
+def _run(client: Any, source: Any, o: ScoreOptions) -> tuple[int, Any, list[tuple[str, int]]]:
     """Prepare, enqueue and (optionally) wait; returns (exit code, progress, error breakdown)."""
     from inferq.producer.bulk import BulkScorer, RunFailed
 
     scorer = BulkScorer(client)
+    as_json, timeout = o.as_json, o.timeout
     run = scorer.prepare(
-        source, model, id_column, run_id=run_id, chunk_size=chunk_size,
-        max_error_rate=max_error_rate,
+        source, o.model, o.id_column, run_id=o.run_id, chunk_size=o.chunk_size,
+        max_error_rate=o.max_error_rate, check_ids=o.check_ids,
     )  # fmt: skip
     if not as_json:
         verb = "resuming" if run.resumed else "starting"
@@ -172,6 +205,13 @@ def _run(
         for name, done in (("enqueued", p.enqueued), ("scored", p.scored)):
             bar.update(tasks[name], completed=done, total=p.total_rows)
 
+    def stalled(idle: float) -> None:
+        console.print(
+            f"[bold yellow]warning:[/] no row scored for {idle:,.0f}s: is a worker consuming "
+            f"queue '{client.settings.bulk_queue}'? (`inferq workers`); giving up after "
+            f"{o.stall:,.0f}s without progress (--stall-timeout), resumable"
+        )
+
     code = 0
     try:
         if run.complete:
@@ -182,9 +222,13 @@ def _run(
             if bar is not None:
                 bar.start()
             scorer.enqueue(run, show)
-            finished = scorer.wait(run.run_id, show, timeout) if wait or rescore_errors else None
+            finished = (
+                scorer.wait(run.run_id, show, timeout, stall=o.stall, on_stall=stalled)
+                if o.wait or o.rescore_errors
+                else None
+            )
             result = finished or scorer.progress(run.run_id)
-        if rescore_errors:
+        if o.rescore_errors:
             result = _rescore(scorer, run, result, timeout, as_json)
         if result.status == "failed":
             code = 3

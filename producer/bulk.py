@@ -27,6 +27,7 @@ from inferq.common.schema import prediction_batches, scoring_run_chunks, scoring
 from inferq.models import registry
 from inferq.models.lifecycle import check_servable
 from inferq.producer.client import InferenceClient
+from inferq.producer.preflight import check_input
 from inferq.producer.runs import (
     FINAL,
     RunFailed,
@@ -86,8 +87,13 @@ class BulkScorer(RunTracker):
         run_id: str | None = None,
         chunk_size: int | None = None,
         max_error_rate: float | None = None,
+        check_ids: bool = True,
     ) -> Run:
-        """Check everything that can be checked before enqueueing; create or resume the run."""
+        """Check everything that can be checked before enqueueing; create or resume the run.
+
+        A new run's input is checked first (producer/preflight.py): a whole feature column of
+        the wrong type, and, unless ``check_ids`` is False, ids repeated on several rows.
+        """
         existing = self._load_run(run_id) if run_id else None
         if existing is not None:
             if existing.source != source.description or existing.id_column != id_column:
@@ -108,6 +114,7 @@ class BulkScorer(RunTracker):
         contract.check_job_id(run_id)
         now = dt.datetime.now(dt.UTC)
         if existing is None:
+            check_input(source, mv, id_column, features, check_ids=check_ids)
             with self.engine.begin() as conn:
                 conn.execute(
                     insert(scoring_runs).values(

@@ -260,21 +260,46 @@ class RunTracker:
         on_progress: Callable[[RunProgress], None] | None = None,
         timeout: float | None = None,
         poll: float = 0.5,
+        stall: float | None = None,
+        on_stall: Callable[[float], None] | None = None,
     ) -> RunProgress:
-        """Poll until the run is done or failed (or ``timeout`` seconds pass)."""
+        """Poll until the run is done or failed (or ``timeout`` seconds pass).
+
+        ``stall``: give up after this many seconds without a single row scored (no worker
+        consumes the queue, or every one is stuck); ``on_stall(seconds)`` is called once
+        when half of that (at most a minute) has passed without progress.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
+        warn_after = None if stall is None else min(60.0, stall / 2)
+        last_scored, last_change, warned = -1, time.monotonic(), False
         while True:
             current = self.progress(run_id)
             if on_progress:
                 on_progress(current)
             if current.status in FINAL:
                 return current
-            if deadline is not None and time.monotonic() > deadline:
+            now = time.monotonic()
+            if deadline is not None and now > deadline:
                 raise RunFailed(
                     f"run {run_id} not finished after {timeout:g}s ({current.scored} of "
                     f"{current.total_rows} rows scored); it keeps running on the workers — "
                     f"`inferq runs {run_id}` shows progress, the same command resumes it"
                 )
+            if current.scored != last_scored:
+                last_scored, last_change, warned = current.scored, now, False
+            elif stall is not None and warn_after is not None:
+                idle = now - last_change
+                if idle > stall:
+                    raise RunFailed(
+                        f"no row of run {run_id} scored for {stall:g}s ({current.scored:,} of "
+                        f"{current.total_rows or 0:,} rows scored): is a worker consuming the "
+                        "bulk queue? (`inferq workers`). Nothing is lost: the rows wait in "
+                        "the queue; the same command with --run-id "
+                        f"{run_id} resumes the run"
+                    )
+                if idle > warn_after and not warned and on_stall is not None:
+                    on_stall(idle)
+                    warned = True
             time.sleep(poll)
 
     # ----- listing -----------------------------------------------------------------------

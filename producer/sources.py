@@ -191,6 +191,20 @@ class SqlSource:
             for frame in pd.read_sql(query, conn, chunksize=rows):
                 yield frame[columns]
 
+    def duplicate_ids(self, id_column: str, limit: int) -> tuple[list[tuple[Any, int]], int]:
+        """(up to ``limit`` ids found on several rows with their counts, how many such ids),
+        grouped by the database: the rows never cross the network for this check."""
+        quoted = self._engine.dialect.identifier_preparer.quote(id_column)
+        grouped = (
+            f"SELECT src.{quoted} AS id, count(*) AS n FROM ({{q}}) AS src "
+            f"WHERE src.{quoted} IS NOT NULL GROUP BY src.{quoted} HAVING count(*) > 1"
+        )
+        with self._engine.connect() as conn:
+            first = f"SELECT id, n FROM ({grouped}) AS d ORDER BY n DESC, id LIMIT {int(limit)}"
+            found = [tuple(r) for r in conn.execute(self._wrapped(first))]
+            total = conn.execute(self._wrapped(f"SELECT count(*) FROM ({grouped}) AS d")).scalar()
+        return found, int(total or 0)
+
     def close(self) -> None:
         """Release the source database connection pool."""
         self._engine.dispose()

@@ -105,6 +105,38 @@ def as_text(value: Any) -> tuple[str | None, RowError | None]:
     )
 
 
+def whole_column_problem(values: Any, kind: str) -> str | None:
+    """Why *no* value of a column (a pandas Series) can be a ``kind`` feature's value, e.g.
+    "holds text, not numbers (e.g. 'abc', 'n.a.')"; None when at least one value can be, or
+    the column is empty/all missing (a single bad value is that row's error, not this)."""
+    present = values[values.notna()]
+    if present.empty:
+        return None
+    if kind == "category":
+        if present.dtype.kind == "b":
+            return "holds booleans, not categories (text)"
+        if present.dtype.kind == "f":
+            floats = present.to_numpy(dtype=float)
+            if not np.any(np.isfinite(floats) & (floats == np.round(floats))):
+                shown = ", ".join(repr(float(v)) for v in floats[:3])
+                return f"holds fractional numbers, not categories (text) (e.g. {shown})"
+        return None
+    if present.dtype.kind in "biuf":
+        return None
+    numbers = _to_numeric(present)
+    if numbers.notna().any():
+        return None
+    shown = ", ".join(_shown(str(v)) for v in present.iloc[:3].tolist())
+    return f"holds text, not numbers (e.g. {shown}): its feature is a {kind}"
+
+
+def _to_numeric(values: Any) -> Any:
+    """``pd.to_numeric(values, errors="coerce")`` (pandas imported only when needed)."""
+    import pandas as pd
+
+    return pd.to_numeric(values, errors="coerce")
+
+
 def _row_values(row: Any, schema: InputSchema) -> tuple[Sequence[Any] | None, RowError | None]:
     """The row's values in schema order, or a problem (message without the row prefix)."""
     if isinstance(row, dict):
@@ -322,4 +354,6 @@ def to_columns(rows: Any, schema: InputSchema, model: str = "model", offset: int
     return _from_rows(rows, schema, offset)
 
 
-__all__ = ["MAX_TEXT_CHARS", "Columns", "as_text", "number_problem", "to_columns"]
+__all__ = [
+    "MAX_TEXT_CHARS", "Columns", "as_text", "number_problem", "to_columns", "whole_column_problem",
+]  # fmt: skip
