@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -214,7 +215,31 @@ def main() -> None:
     try:
         app()
     except Exception as exc:  # SystemExit (typer.Exit, usage errors) passes through
+        if _stdout_closed(exc):
+            # The reader of our stdout went away (`inferq results RUN | head`): stop quietly,
+            # as other Unix tools do, instead of reporting a failure.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(141) from None
         raise SystemExit(_report(exc)) from None
+
+
+def _stdout_closed(exc: BaseException | None) -> bool:
+    """True when ``exc`` (or what caused it) is EPIPE *and* our stdout is a pipe whose
+    reader is gone (a broker or database socket's EPIPE is a real failure)."""
+    seen, epipe = 0, False
+    while exc is not None and seen < 10 and not epipe:
+        epipe = isinstance(exc, OSError) and exc.errno == errno.EPIPE
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    if not epipe:
+        return False
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poll.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _report(exc: Exception) -> int:

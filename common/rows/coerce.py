@@ -127,7 +127,8 @@ def whole_column_problem(values: Any, kind: str) -> str | None:
     if numbers.notna().any():
         return None
     shown = ", ".join(_shown(str(v)) for v in present.iloc[:3].tolist())
-    return f"holds text, not numbers (e.g. {shown}): its feature is a {kind}"
+    article = "an" if kind[0] in "aeiou" else "a"
+    return f"holds text, not numbers (e.g. {shown}): its feature is {article} {kind}"
 
 
 def _to_numeric(values: Any) -> Any:

@@ -128,6 +128,14 @@ def test_a_run_comes_out_in_input_order_as_parquet_and_csv(pg_settings, tmp_path
     lines = stdout.strip().splitlines()
     assert len(lines) == 3 and lines[0].startswith('"row_no","account","job_id"')
     assert [line.split(",")[0] for line in lines[1:]] == ["4", "1777"]
+    # A reader that stops early (`| head -1`): a quiet stop, not an error about the broker.
+    piped = subprocess.run(
+        f"{sys.executable} -m inferq results nightly | head -1; exit ${{PIPESTATUS[0]}}",
+        shell=True, executable="/bin/bash", env=settings_env(pg_settings), cwd=REPO,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert piped.stdout.startswith('"row_no","account"') and piped.stdout.count("\n") == 1
+    assert piped.returncode == 141 and "error" not in piped.stderr, piped.stderr
 
 
 def test_binary_and_regressor_columns_and_online_rows_by_time(pg_settings, tmp_path, served):
