@@ -87,8 +87,13 @@ def db_current(as_json: bool = JSON_OPT) -> None:
 
 
 # ----- worker ----------------------------------------------------------------------------
-@app.command("worker")
+@app.command(
+    "worker",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    options_metavar="[OPTIONS] [CELERY WORKER OPTIONS]",
+)
 def worker(
+    ctx: typer.Context,
     concurrency: int | None = typer.Option(
         None, "--concurrency", "-c", help="Worker processes (default: number of CPUs)."
     ),
@@ -99,7 +104,12 @@ def worker(
     loglevel: str = typer.Option("info", "--loglevel", "-l", help="Log level."),
     pool: str = typer.Option("prefork", "--pool", "-P", help="Celery pool (prefork, solo...)."),
 ) -> None:
-    """Start a worker (same as `celery -A inferq.workers.app worker`) with models preloaded."""
+    """Start a worker (same as `celery -A inferq.workers.app worker`) with models preloaded.
+
+    Any other `celery worker` option is passed through to Celery as given, e.g.
+    `--autoscale 4,1`, `--max-tasks-per-child 100`, `-O fair`, `--without-gossip`
+    (`celery worker --help` lists them); Celery rejects the ones it does not know.
+    """
     from inferq.workers.app import app as celery_app
 
     settings = celery_app.inferq_settings
@@ -113,7 +123,16 @@ def worker(
         argv.append(f"--concurrency={concurrency}")
     if hostname:
         argv.append(f"--hostname={hostname}")
-    celery_app.worker_main(argv)
+    import click
+
+    try:
+        celery_app.worker_main([*argv, *ctx.args])  # pass-through options last, in order
+    except click.ClickException as exc:  # an option Celery does not take: its own words
+        err_console.print(
+            f"[bold red]error:[/] celery worker: {escape(exc.format_message())} "
+            "(`celery worker --help` lists the options `inferq worker` passes through)"
+        )
+        raise typer.Exit(2) from None
 
 
 # ----- bulk runs -------------------------------------------------------------------------
@@ -254,6 +273,9 @@ def _register_ops_commands() -> None:
     app.command("flower")(cli_ops.flower)
     app.command("metrics")(cli_ops.metrics)
     app.command("scale")(cli_ops.scale)
+    from inferq import cli_workers
+
+    app.command("workers")(cli_workers.workers)
     from inferq import cli_db
 
     db_app.command("prune")(cli_db.prune)
