@@ -10,8 +10,8 @@ import uuid
 import pytest
 from inferq.common import redisconn
 from inferq.models import registry
-from inferq.procs import stop_worker
 
+from inferq.procs import stop_worker
 from tests.conftest import REPO, settings_env
 from tests.integration.ops_helpers import wait_for
 from tests.integration.test_faults import _register_cancer
