@@ -63,13 +63,18 @@ def _global_options(
 @db_app.command("upgrade")
 def db_upgrade(
     revision: str = typer.Argument("head", help="Target revision."),
+    as_json: bool = JSON_OPT,
 ) -> None:
     """Apply migrations (same as `alembic upgrade head`)."""
     from inferq import migrations
 
     settings = get_settings()
     migrations.upgrade(settings, revision)
-    console.print(f"database at revision {migrations.current_revision(settings)}")
+    current, head = migrations.current_revision(settings), migrations.head_revision(settings)
+    if as_json:
+        print_json({"current": current, "head": head, "up_to_date": current == head})
+    else:  # what it did: a message on stderr (stdout is for data)
+        err_console.print(f"database at revision {current}")
 
 
 @db_app.command("current")
