@@ -64,13 +64,18 @@ def _global_options(
 @db_app.command("upgrade")
 def db_upgrade(
     revision: str = typer.Argument("head", help="Target revision."),
+    as_json: bool = JSON_OPT,
 ) -> None:
     """Apply migrations (same as `alembic upgrade head`)."""
     from inferq import migrations
 
     settings = get_settings()
     migrations.upgrade(settings, revision)
-    console.print(f"database at revision {migrations.current_revision(settings)}")
+    current, head = migrations.current_revision(settings), migrations.head_revision(settings)
+    if as_json:
+        print_json({"current": current, "head": head, "up_to_date": current == head})
+    else:  # what it did: a message on stderr (stdout is for data)
+        err_console.print(f"database at revision {current}")
 
 
 @db_app.command("current")
@@ -88,8 +93,13 @@ def db_current(as_json: bool = JSON_OPT) -> None:
 
 
 # ----- worker ----------------------------------------------------------------------------
-@app.command("worker")
+@app.command(
+    "worker",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    options_metavar="[OPTIONS] [CELERY WORKER OPTIONS]",
+)
 def worker(
+    ctx: typer.Context,
     concurrency: int | None = typer.Option(
         None, "--concurrency", "-c", help="Worker processes (default: number of CPUs)."
     ),
@@ -100,7 +110,12 @@ def worker(
     loglevel: str = typer.Option("info", "--loglevel", "-l", help="Log level."),
     pool: str = typer.Option("prefork", "--pool", "-P", help="Celery pool (prefork, solo...)."),
 ) -> None:
-    """Start a worker (same as `celery -A inferq.workers.app worker`) with models preloaded."""
+    """Start a worker (same as `celery -A inferq.workers.app worker`) with models preloaded.
+
+    Any other `celery worker` option is passed through to Celery as given, e.g.
+    `--autoscale 4,1`, `--max-tasks-per-child 100`, `-O fair`, `--without-gossip`
+    (`celery worker --help` lists them); Celery rejects the ones it does not know.
+    """
     from inferq.workers.app import app as celery_app
 
     settings = celery_app.inferq_settings
@@ -114,7 +129,16 @@ def worker(
         argv.append(f"--concurrency={concurrency}")
     if hostname:
         argv.append(f"--hostname={hostname}")
-    celery_app.worker_main(argv)
+    import click
+
+    try:
+        celery_app.worker_main([*argv, *ctx.args])  # pass-through options last, in order
+    except click.ClickException as exc:  # an option Celery does not take: its own words
+        err_console.print(
+            f"[bold red]error:[/] celery worker: {escape(exc.format_message())} "
+            "(`celery worker --help` lists the options `inferq worker` passes through)"
+        )
+        raise typer.Exit(2) from None
 
 
 # ----- bulk runs -------------------------------------------------------------------------
@@ -282,6 +306,9 @@ def _register_ops_commands() -> None:
     app.command("flower")(cli_ops.flower)
     app.command("metrics")(cli_ops.metrics)
     app.command("scale")(cli_ops.scale)
+    from inferq import cli_workers
+
+    app.command("workers")(cli_workers.workers)
     from inferq import cli_db
 
     db_app.command("prune")(cli_db.prune)

@@ -56,7 +56,7 @@ def load_cmd(
         engine.dispose()
     if as_json:
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
-    else:
-        sys.stdout.write(report.summary() + "\n")  # plain: paths may hold rich markup
+    else:  # what it did: a message (stdout is for --json); plain, paths may hold markup
+        sys.stderr.write(report.summary() + "\n")
     if report.hint:
         console.print(f"[bold yellow]note:[/] {escape(report.hint)}")

@@ -37,7 +37,7 @@ def drift(
         print_json({"model": name, "since": start.isoformat(), "by": by,
                     "groups": [g.to_json() for g in groups]})  # fmt: skip
     elif not groups:
-        console.print(f"no scored rows of {name} since {since} with drift counts")
+        err_console.print(f"no scored rows of {escape(name)} since {since} with drift counts")
     for g in groups if not as_json else []:
         if g.missing_baseline:
             err_console.print(f"[bold yellow]note:[/] {escape(g.missing_baseline)}")
@@ -88,4 +88,4 @@ def report(
         return
     render_terminal(rep, console)
     if html is not None:
-        console.print(f"wrote {escape(str(html))}")
+        err_console.print(f"wrote {escape(str(html))}")

@@ -107,14 +107,14 @@ def scale(
     for q in plan.queues:
         rate = "-" if q.rows_per_process_second is None else f"{q.rows_per_process_second:,.0f}"
         secs = "?" if q.process_seconds is None else f"{q.process_seconds:,.1f}"
+        per = f"{q.list_length_per_process:,}" if q.list_length_per_process else "-"
         table.add_row(q.queue, f"{q.messages:,}", f"{q.rows_estimate:,.0f}",
-                      f"{q.rows_per_message:,.0f}", rate, secs,
-                      str(q.list_length_per_process or "-"))  # fmt: skip
+                      f"{q.rows_per_message:,.0f}", rate, secs, per)  # fmt: skip
     Console().print(table)
-    have = "" if plan.current_processes is None else f" (running now: {plan.current_processes})"
+    have = "" if plan.current_processes is None else f" (running now: {plan.current_processes:,})"
     Console().print(
         f"worker processes needed to drain within {target_seconds:g}s: "
-        f"[bold]{plan.processes}[/]{'' if plan.exact else ' (at least)'}{have}"
+        f"[bold]{plan.processes:,}[/]{'' if plan.exact else ' (at least)'}{have}"
     )
     for note in plan.notes:
         console.print(f"note: {note}")

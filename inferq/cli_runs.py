@@ -27,8 +27,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from inferq.common.errors import TransientError
+from inferq.common.errors import InvalidInput, TransientError
 from inferq.common.settings import get_settings
+from inferq.common.timewindow import since as window_start
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -262,30 +263,52 @@ def _rescore(scorer: Any, run: Any, result: Any, timeout: float | None, as_json:
     return rescore.wait_rescored(scorer, run.run_id, sent, timeout=timeout)
 
 
-def _print_summary(p: Any, errors: list[tuple[str, int]]) -> None:
+def _print_summary(p: Any, errors: list[tuple[str, int]], out: Console | None = None) -> None:
+    """One run's summary: on stderr after `inferq score`, on stdout (``out``) for `runs ID`."""
+    shown = out or console
     data = p.to_json()
     style = {"done": "green", "failed": "red"}.get(p.status, "yellow")
-    console.print(
+    shown.print(
         f"run [bold]{p.run_id}[/]: [{style}]{p.status}[/] — {p.scored:,} of "
-        f"{p.total_rows if p.total_rows is not None else '?'} rows scored "
+        f"{'?' if p.total_rows is None else f'{p.total_rows:,}'} rows scored "
         f"({p.scored_ok:,} ok, {p.scored_error:,} errors) in {data['seconds']:.1f}s, "
         f"{data['rows_per_second']:,.0f} rows/s"
     )
     if p.error:
-        console.print(f"[red]{p.error}[/]")
+        shown.print(f"[red]{p.error}[/]")
     for message, count in errors:
-        console.print(f"  {count:>8,} rows: {message}")
+        shown.print(f"  {count:>8,} rows: {message}")
 
 
 def runs(
     run_id: str | None = typer.Argument(None, help="Show one run in detail."),
-    limit: int = typer.Option(20, "--limit", help="How many recent runs to list."),
+    limit: int = typer.Option(20, "--limit", min=1, help="How many recent runs to list."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Only runs of this model: NAME or NAME@VERSION."
+    ),
+    status: str | None = typer.Option(
+        None, "--status", help="Only runs in this status: enqueuing, running, done or failed."
+    ),
+    since: str | None = typer.Option(
+        None, "--since", help="Only runs started within this window: 30m, 24h, 7d..."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """List recent bulk runs, or show one (counts, rate, duration, errors by message)."""
+    """List recent bulk runs (filtered by --model, --status, --since), or show one (counts,
+    rate, duration, errors by message)."""
     from inferq.producer import InferenceClient
     from inferq.producer.bulk import BulkScorer
+    from inferq.producer.runs import check_status, parse_model_filter
 
+    if run_id and (model or status or since):
+        raise InvalidInput("--model, --status and --since filter the list of runs: "
+                           f"drop them to show run {run_id!r}")  # fmt: skip
+    # Checked before connecting: a typo is a usage error, not a database one.
+    start = window_start(since) if since else None
+    if status is not None:
+        check_status(status)
+    if model is not None:
+        parse_model_filter(model)
     with InferenceClient(get_settings()) as client:
         scorer = BulkScorer(client)
         if run_id:
@@ -296,11 +319,15 @@ def runs(
                 data["errors_by_message"] = [{"message": m, "rows": n} for m, n in errors]
                 sys.stdout.write(json.dumps(data, indent=2) + "\n")
             else:
-                _print_summary(p, errors)
+                _print_summary(p, errors, out=Console(soft_wrap=True))
             return
-        listed = scorer.list_runs(limit)
+        listed = scorer.list_runs(limit, model=model, status=status, since=start)
     if as_json:
         sys.stdout.write(json.dumps([p.to_json() for p in listed], indent=2) + "\n")
+        return
+    if not listed:
+        filtered = model or status or since
+        console.print("no runs match" if filtered else "no runs yet (see `inferq score --help`)")
         return
     table = Table("run", "model", "status", "rows", "ok", "errors", "rows/s", "started")
     for p in listed:
@@ -310,4 +337,4 @@ def runs(
             f"{p.scored_error:,}", f"{d['rows_per_second']:,.0f}",
             p.started_at.strftime("%Y-%m-%d %H:%M"),
         )  # fmt: skip
-    Console().print(table if listed else "no runs yet (see `inferq score --help`)")
+    Console().print(table)

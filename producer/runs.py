@@ -26,6 +26,25 @@ from inferq.common.schema import (
 from sqlalchemy import ColumnElement, Engine, and_, func, select, update
 
 FINAL = ("done", "failed")
+#: Every status a run can be in (`inferq runs --status`).
+RUN_STATUSES = ("enqueuing", "running", "done", "failed")
+
+
+def check_status(status: str) -> str:
+    """``status`` if it is a run status, else a clear error."""
+    if status not in RUN_STATUSES:
+        raise InvalidInput(f"unknown run status {status!r}: use one of {', '.join(RUN_STATUSES)}")
+    return status
+
+
+def parse_model_filter(text: str) -> tuple[str, int | None]:
+    """``"churn"`` or ``"churn@3"`` as (name, version or None), else a clear error."""
+    name, at, version = text.partition("@")
+    if not name or (at and not version.isdigit()):
+        raise InvalidInput(
+            f"--model {text!r}: give a model name or NAME@VERSION (e.g. churn or churn@3)"
+        )
+    return name, int(version) if at else None
 
 
 def run_token(run_id: str) -> str:
@@ -303,18 +322,39 @@ class RunTracker:
             time.sleep(poll)
 
     # ----- listing -----------------------------------------------------------------------
-    def list_runs(self, limit: int = 20) -> list[RunProgress]:
-        """The most recent runs, newest first."""
+    def list_runs(
+        self,
+        limit: int = 20,
+        *,
+        model: str | None = None,
+        status: str | None = None,
+        since: dt.datetime | None = None,
+    ) -> list[RunProgress]:
+        """The most recent runs, newest first: of ``model`` (NAME or NAME@VERSION), in
+        ``status`` (one of RUN_STATUSES, as `inferq runs` shows it), started at or after
+        ``since``."""
+        t = scoring_runs.c
+        where: list[ColumnElement[bool]] = []
+        if model is not None:
+            name, version = parse_model_filter(model)
+            where.append(t.model_name == name)
+            if version is not None:
+                where.append(t.model_version == version)
+        if since is not None:
+            where.append(t.started_at >= since)
+        if status is not None:
+            check_status(status)
+            # The stored status lags for a run whose last chunk committed while nobody
+            # looked: progress() finalises such runs, then the stored status is exact.
+            with self.engine.connect() as conn:
+                pending = conn.scalars(select(t.run_id).where(*where, t.status.not_in(FINAL))).all()
+            for run_id in pending:
+                self.progress(run_id)
+            where.append(t.status == status)
         with self.engine.connect() as conn:
-            ids = (
-                conn.execute(
-                    select(scoring_runs.c.run_id)
-                    .order_by(scoring_runs.c.started_at.desc())
-                    .limit(limit)
-                )
-                .scalars()
-                .all()
-            )
+            ids = conn.scalars(
+                select(t.run_id).where(*where).order_by(t.started_at.desc()).limit(limit)
+            ).all()
         return [self.progress(r) for r in ids]
 
     def error_breakdown(self, run_id: str, limit: int = 10) -> list[tuple[str, int]]:

@@ -19,6 +19,7 @@ from inferq.common.failures import mask_url, one_line, translate
 from inferq.workers import runtime
 from inferq.workers.liveness import LivenessStep
 from inferq.workers.maintenance import PartitionKeeper
+from inferq.workers.nodeinfo import NodeInfoStep
 from inferq.workers.parking import ParkClaimer, node_queue
 from inferq.workers.preload import WorkerRuntime, limit_threads
 from inferq.workers.reconcile import InflightReconciler
@@ -35,6 +36,7 @@ app.steps["worker"].add(ParkClaimer)
 app.steps["worker"].add(ModelWatcher)
 app.steps["worker"].add(PartitionKeeper)
 app.steps["worker"].add(LivenessStep)
+app.steps["worker"].add(NodeInfoStep)  # after liveness: same incarnation name
 compat.check()  # a moved Celery/kombu internal stops the worker here, by name
 compat.install_redis_hooks(inflight.BATCH_HEADER, inflight.UNACKED_BATCHES)
 compat.install_pool_shutdown_fix()  # SIGTERM always ends the worker

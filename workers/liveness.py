@@ -237,6 +237,7 @@ class LivenessStep(bootsteps.StartStopStep):
         if settings.liveness_timeout <= 0 or not redisconn.is_redis(settings.broker_url):
             return
         self.liveness = Liveness(settings, worker.app, worker.hostname)
+        worker.inferq_incarnation = self.liveness.name  # workers/nodeinfo.py publishes under it
         self.liveness.start()
 
     def stop(self, worker: Any) -> None:

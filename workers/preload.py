@@ -226,6 +226,10 @@ class WorkerRuntime:
         """(name, version) of the models loaded before fork."""
         return set(self._preloaded)
 
+    def loaded_models(self) -> list[tuple[tuple[str, int], LoadedModel]]:
+        """((name, version), model) of the models loaded before fork (a copy)."""
+        return list(self._preloaded.items())
+
     @property
     def preloaded_refs(self) -> list[str]:
         """``name@version`` of the models loaded before fork."""

@@ -79,6 +79,9 @@ class ModelWatcher(bootsteps.StartStopStep):
             time.monotonic() - started,
         )
         recycle(worker.pool)
+        publisher = getattr(worker, "inferq_node_info", None)
+        if publisher is not None:  # `inferq workers` shows the new models now
+            publisher.poke()
         return True
 
 

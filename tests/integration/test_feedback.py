@@ -283,8 +283,10 @@ def test_labels_by_job_and_key_give_the_metrics_computed_independently(pg_settin
     out = load(pg_settings, labels_pq, "customer", "y", "--by", "key", "--model", "reg")
     assert out.returncode == 0, out.stderr
     keys = len(world.reg_key_truth)
-    assert out.stdout.count("\n") == 1 and f"{keys:,} new, 0 changed, 0 unchanged" in out.stdout
-    assert f"{keys:,} match a prediction, 0 do not" in out.stdout
+    # What a load did is said on stderr; stdout stays for --json (README: output conventions).
+    assert out.stdout == "" and out.stderr.count("\n") == 1
+    assert f"{keys:,} new, 0 changed, 0 unchanged" in out.stderr
+    assert f"{keys:,} match a prediction, 0 do not" in out.stderr
 
     # A service labels one of r0's two rows by job id: it wins over the key's label there.
     job = next(r.job_id for r in world.rows if r.key == "r0" and r.day == 1)
