@@ -168,7 +168,7 @@ def test_retire_refuses_submits_answers_queued_jobs_and_guards_aliases(
     engine = make_engine(settings)
     store = settings.model_store_dir
     registry.register(engine, store, binary_model.path, "churn", "production")
-    registry.register(engine, store, binary_model.path, "churn")
+    registry.register(engine, store, binary_model.path, "churn", force=True)
     x = binary_model.x.head(5)
     with InferenceClient(settings) as client:
         queued = client.submit("churn", x, version=1)  # no worker yet: waits in the queue
