@@ -11,6 +11,12 @@ from inferq.common.rows.schema import InputSchema
 _SHOWN = 10
 
 
+def _narrower(before: str, after: str) -> bool:
+    """A kind change a caller can notice: integer -> number is not one (every integer still
+    is a number); e.g. number -> integer or number -> category is."""
+    return before != after and (before, after) != ("integer", "number")
+
+
 def _names(values: list[str]) -> str:
     more = f" ... (+{len(values) - _SHOWN})" if len(values) > _SHOWN else ""
     return ", ".join(values[:_SHOWN]) + more
@@ -19,10 +25,11 @@ def _names(values: list[str]) -> str:
 def schema_changes(old: InputSchema, new: InputSchema) -> list[str]:
     """What a caller sending ``old``'s rows would find changed in ``new`` (empty: nothing).
 
-    Features added or removed, a kind changed, the order changed (rows given as lists are
-    matched by position), a feature that no longer accepts missing values. Categories are not
-    compared: a retrained encoder may know more of them, and unknown ones are the model's
-    business. Models fitted without column names are compared by position.
+    Features added or removed, a kind changed (except integer -> number), the order changed
+    (rows given as lists are matched by position), a feature that no longer accepts missing
+    values. Categories are not compared: a retrained encoder may know more of them, and
+    unknown ones are the model's business. Models fitted without column names are compared by
+    position.
     """
     if not (old.named and new.named):
         return _positional(old, new)
@@ -37,7 +44,7 @@ def schema_changes(old: InputSchema, new: InputSchema) -> list[str]:
     kinds = [
         f"{n} {before[n].kind} -> {after[n].kind}"
         for n in new.names
-        if n in before and before[n].kind != after[n].kind
+        if n in before and _narrower(before[n].kind, after[n].kind)
     ]
     if kinds:
         changes.append(f"kind changed: {_names(kinds)}")
@@ -64,7 +71,7 @@ def _positional(old: InputSchema, new: InputSchema) -> list[str]:
     kinds = [
         f"#{j} {a.kind} -> {b.kind}"
         for j, (a, b) in enumerate(zip(old.features, new.features, strict=False))
-        if a.kind != b.kind
+        if _narrower(a.kind, b.kind)
     ]
     if kinds:
         changes.append(f"kind changed: {_names(kinds)}")
