@@ -122,7 +122,7 @@ def register_all(settings: Settings, paths: dict[str, Path], folder: Path) -> di
     out: dict[str, Any] = {}
     for name, ref in refs.items():
         registry.register(engine, store, paths[name], name, "production", reference=ref)
-        mv = registry.register(engine, store, paths[name], name, reference=ref)
+        mv = registry.register(engine, store, paths[name], name, reference=ref, force=True)
         started = time.perf_counter()
         mv = gates.optimize_version(engine, store, mv, ref)
         report = mv.onnx or {}
@@ -133,7 +133,7 @@ def register_all(settings: Settings, paths: dict[str, Path], folder: Path) -> di
                      "max_abs_diff": report["parity"]["max_abs_diff"]}  # fmt: skip
     registry.register(engine, store, paths["shadow"], "forest", reference=refs["forest"])
     registry.register(engine, store, paths["big"], "big", "production")
-    registry.register(engine, store, paths["big"], "big")
+    registry.register(engine, store, paths["big"], "big", force=True)
     engine.dispose()
     return out
 

@@ -66,20 +66,47 @@ class ModelNotFound(InferqError):
 
 
 class ModelRetired(InferqError):
-    """The requested model version was retired (`inferq models retire`): it is never served."""
+    """The requested model version was retired or archived (`inferq models retire/archive`):
+    it is never served."""
 
-    def __init__(self, name: str, version: int, current: int | None = None) -> None:
+    def __init__(
+        self, name: str, version: int, current: int | None = None, archived: bool = False
+    ) -> None:
         hint = (
-            f"submit to {name} (production is version {current})"
+            f"submit to {name} (it resolves to version {current})"
             if current is not None
             else "promote another version and submit to it"
         )
-        super().__init__(f"model {name}@{version} is retired and no longer served; {hint}")
+        state = "archived" if archived else "retired"
+        super().__init__(f"model {name}@{version} is {state} and no longer served; {hint}")
         self.name, self.version, self.current = name, version, current
 
 
 class LifecycleRefused(InvalidInput):
     """A registry change that would break serving or skip a check (promote, retire...)."""
+
+
+class SchemaChangeRefused(LifecycleRefused):
+    """A promote would change the features the alias's users send: it needs consent."""
+
+    def __init__(self, candidate: str, current: str, alias: str, changes: Sequence[str]) -> None:
+        super().__init__(
+            f"promote refused: {candidate}'s features differ from {current} ({alias}): "
+            f"{'; '.join(changes)} (--accept-schema-change to promote it anyway)"
+        )
+        self.changes = list(changes)
+
+
+class AlreadyRegistered(InvalidInput):
+    """The file offered to `register` is already a version of that model (same sha256)."""
+
+    def __init__(self, ref: str, sha256: str, status: str = "active") -> None:
+        state = "" if status == "active" else f", {status}"
+        super().__init__(
+            f"this file is already {ref} (sha256 {sha256[:12]}{state}); pass --force to "
+            "register it again as a new version"
+        )
+        self.ref, self.sha256 = ref, sha256
 
 
 class UntrustedTypes(InvalidInput):

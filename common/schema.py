@@ -76,6 +76,15 @@ model_versions = Table(
     # Drift baseline from the reference sample (common/drift.py): frozen bin edges and the
     # reference share per bin, per feature and for the output; calibration for estimates.
     Column("baseline", JSONDoc, nullable=True),
+    # Registry management (0010): free text, KEY=VALUE tags ({"team": "risk"}), who
+    # registered it (user@host), when it was archived (archived versions are also retired;
+    # `models list` hides them), and how its features differed from production at
+    # registration ({"against": "churn@3", "changes": [...]}; NULL: no difference).
+    Column("description", Text, nullable=True),
+    Column("tags", JSONDoc, nullable=True),
+    Column("registered_by", Text, nullable=True),
+    Column("archived_at", TZ, nullable=True),
+    Column("schema_changes", JSONDoc, nullable=True),
 )
 
 model_aliases = Table(

@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     preload: str | None = Field(
         default=None,
         description="Models the worker loads before forking, comma separated NAME:ALIAS or "
-        "NAME@VERSION; unset = every model's 'production' alias.",
+        "NAME@VERSION; unset = each model's production version, else its latest.",
     )
     max_loaded_models: int = Field(
         default=8, ge=1, description="Per-process cache of models loaded on demand."

@@ -27,16 +27,25 @@ def promote(
         help="Promote even if the version failed its checks, or has none while the current "
         "version has (a retired version is refused always).",
     ),
+    accept_schema_change: bool = typer.Option(
+        False,
+        "--accept-schema-change",
+        help="Promote even if its features differ from the current version's (added, removed, "
+        "kind or order changed): the alias's callers must send the new features.",
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Point an alias (default production) of NAME at VERSION, behind the validation gate.
+    """Point an alias (default production) of NAME at VERSION, behind the gates.
 
     Refused when the version failed its checks, or has none while the current version passed
-    its own (unless --force). Prints the candidate's metrics beside the current version's.
+    its own (unless --force), and when its features differ from the current version's
+    (unless --accept-schema-change). Prints the candidate's metrics beside the current one's.
     """
     from inferq.models import lifecycle
 
-    result = lifecycle.promote(_engine(), name, version, alias, force=force)
+    result = lifecycle.promote(
+        _engine(), name, version, alias, force=force, accept_schema_change=accept_schema_change
+    )
     if as_json:
         print_json(result.to_json())
         return
@@ -56,7 +65,7 @@ def retire(
     """Stop serving NAME@VERSION for good (refused while an alias or the shadow points at it).
 
     Its jobs get an error row (code `retired`), new submits to it are refused, and running
-    workers free it within a few seconds.
+    workers free it within a few seconds. `latest` moves back to the newest active version.
     """
     from inferq.models import lifecycle
 

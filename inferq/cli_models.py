@@ -1,4 +1,5 @@
-"""`inferq models`: register, list, show and promote model versions."""
+"""`inferq models`: register, list and show model versions (lifecycle commands in
+cli_lifecycle.py, archive and describe in cli_registry.py)."""
 
 from __future__ import annotations
 
@@ -98,17 +99,36 @@ def register(
     optimize: str | None = typer.Option(
         None, "--optimize", help="'onnx': compile and serve with onnxruntime if parity holds."
     ),
+    description: str | None = typer.Option(
+        None, "--description", "-d", help="Free text about this version (`models show`)."
+    ),
+    tag: list[str] = typer.Option(
+        [], "--tag", "-t", help="KEY=VALUE label (repeatable), e.g. --tag team=risk."
+    ),
     force: bool = typer.Option(
-        False, "--force", help="With --alias: point it here even if the checks failed."
+        False,
+        "--force",
+        help="Register even if this file (same sha256) already is a version of NAME; with "
+        "--alias, also point it here even if the checks failed.",
+    ),
+    accept_schema_change: bool = typer.Option(
+        False,
+        "--accept-schema-change",
+        help="With --alias: point it here even if its features differ from the alias's "
+        "current version.",
     ),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Register PATH (joblib or skops) as the next version of NAME.
+    """Register PATH (joblib or skops) as the next version of NAME; `latest` moves to it.
 
-    The file is copied into the store and its input schema derived. With --reference the
-    version is checked at once, in a clean process (see `models check`); --alias then
-    promotes it only if the checks pass (the same gate as `models promote`).
+    The file is copied into the store and its input schema derived. The same file twice is
+    refused (--force). Features that differ from the production version's are printed and
+    recorded: promoting it then needs --accept-schema-change. With --reference the version
+    is checked at once, in a clean process (see `models check`); --alias then promotes it
+    only past the gates (the same as `models promote`). Without --alias the model's bare
+    name still serves it while the model has no production alias.
     """
+    from inferq.cli_registry import parse_tags, print_schema_changes
     from inferq.models import gates, lifecycle, registry
     from inferq.models.artifacts import unneeded_trust
 
@@ -119,6 +139,7 @@ def register(
     if optimize and reference is None:
         raise InvalidInput("--optimize onnx needs --reference (the parity sample)")
     kinds = parse_feature_types(feature_type)
+    tags = parse_tags(tag)
     settings = get_settings()
     engine = _engine(settings)
     mv = registry.register(
@@ -131,7 +152,11 @@ def register(
         feature_types=kinds or None,
         schema_file=schema,
         trusted=list(trust) or None,
+        description=description,
+        tags=tags,
+        force=force,
     )
+    print_schema_changes(mv)
     for warning in mv.schema_warnings:
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}")
     for extra in unneeded_trust(path, list(trust)) if trust else []:
@@ -149,7 +174,10 @@ def register(
     promoted = None
     if alias is not None:
         try:
-            promoted = lifecycle.promote(engine, name, mv.version, alias, force=force)
+            promoted = lifecycle.promote(
+                engine, name, mv.version, alias, force=force,
+                accept_schema_change=accept_schema_change,
+            )  # fmt: skip
         except LifecycleRefused as exc:  # the version stays registered: say so
             raise LifecycleRefused(
                 f"registered {mv.ref} but did not point {alias} at it: {exc}"
@@ -179,12 +207,20 @@ def register(
 @models_app.command("list")
 def list_cmd(
     name: str | None = typer.Argument(None, help="Only this model."),
+    show_all: bool = typer.Option(
+        False, "--all", help="Also list archived versions (`models archive`)."
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """List registered model versions, their aliases, task and input schema."""
+    """List registered model versions, their aliases, task and input schema (archived
+    versions only with --all)."""
     from inferq.models import registry
 
     versions = registry.list_models(_engine(), name)
+    hidden = 0 if show_all else sum(mv.archived for mv in versions)
+    versions = [mv for mv in versions if show_all or not mv.archived]
+    if hidden:
+        err_console.print(f"{hidden:,} archived version(s) not shown (--all lists them)")
     if as_json:
         print_json([mv.to_json() for mv in versions])
         return
@@ -194,7 +230,7 @@ def list_cmd(
         table.add_row(
             escape(mv.name),
             str(mv.version),
-            mv.status + (" (shadow)" if mv.shadow else ""),
+            ("archived" if mv.archived else mv.status) + (" (shadow)" if mv.shadow else ""),
             ", ".join(mv.aliases),
             mv.estimator,
             mv.task,
@@ -213,12 +249,14 @@ def show(
     ),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Show one version: its metadata and input schema (kind and missing values per feature)."""
+    """Show one version: metadata, aliases, who registered it and when, description and tags,
+    checks and metrics, ONNX parity, drift baseline, schema changes and the input schema."""
+    from inferq.cli_registry import registry_rows, show_json
     from inferq.models import registry
 
     mv = registry.find(_engine(), ref)
     if as_json:
-        print_json({**mv.to_json(), "schema": mv.schema.to_json()})
+        print_json(show_json(mv))
         return
     classes = mv.classes or []
     rows = [
@@ -226,8 +264,9 @@ def show(
         ("estimator", f"{mv.estimator} ({mv.task}{', predict_proba' if mv.has_proba else ''})"),
         ("classes", _first(classes, 10) if classes else "-"),
         ("artifact", f"{mv.artifact} ({mv.size_bytes:,} bytes, sha256 {mv.sha256[:12]})"),
+        ("sha256", mv.sha256),
         ("scikit-learn", mv.sklearn_version),
-        ("registered", mv.created_at.strftime("%Y-%m-%d %H:%M:%S %Z").strip()),
+        *registry_rows(mv),
         ("schema", f"{mv.schema.describe()} ({_source(mv)})"),
     ]
     if mv.reference:
@@ -235,13 +274,19 @@ def show(
     rows.append(
         (
             "status",
-            mv.status
+            ("archived" if mv.archived else mv.status)
             + (f" since {mv.retired_at:%Y-%m-%d %H:%M}" if mv.retired_at else "")
+            + (f", archived {mv.archived_at:%Y-%m-%d %H:%M}" if mv.archived_at else "")
             + ("; the model's shadow" if mv.shadow else ""),
         )
     )
     rows.append(
-        ("format", mv.format + (f" (trusted: {', '.join(mv.trusted)})" if mv.trusted else ""))
+        (
+            "format",
+            mv.format
+            + (f" (trusted: {', '.join(mv.trusted)})" if mv.trusted else "")
+            + f", served with {mv.runtime}",
+        )
     )
     rows.extend(("warning", w) for w in mv.schema_warnings)
     width = max(len(k) for k, _ in rows)
@@ -292,5 +337,6 @@ def _reference_text(ref: dict[str, Any]) -> str:
     return f"{ref.get('path')} ({ref.get('rows')} rows, sha256 {str(ref.get('sha256'))[:12]})"
 
 
-# Lifecycle commands (promote, retire, shadow, compare, check, optimize) register here.
-from inferq import cli_lifecycle  # noqa: E402
+# Lifecycle commands (promote, retire, shadow, compare, check, optimize) and the registry's
+# (archive, describe) register here.
+from inferq import cli_lifecycle, cli_registry  # noqa: E402, F401

@@ -118,8 +118,9 @@ def run_demo(
     with tempfile.TemporaryDirectory() as tmp:
         artifact = Path(tmp) / "model.joblib"
         features, target = _train(artifact)
+        # NOTE: force: each run trains the same model again, and registers it as a new version
         mv = registry.register(
-            engine, settings.model_store_dir, artifact, MODEL_NAME, alias="production"
+            engine, settings.model_store_dir, artifact, MODEL_NAME, alias="production", force=True
         )
     console.print(
         f"1. trained and registered [bold]{mv.ref}[/] ({mv.estimator}) as production: "

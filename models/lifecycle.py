@@ -1,4 +1,5 @@
-"""Model lifecycle in the registry: promote behind the validation gate, retire, shadow.
+"""Model lifecycle in the registry: promote behind the validation gate (and the schema-change
+gate), retire, archive, shadow, description and tags.
 
 Workers follow these tables on their own (workers/reload.py polls :func:`serving_state`):
 a promote, retire, shadow or optimize reaches every running worker within a few seconds,
@@ -14,10 +15,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from inferq.common.errors import LifecycleRefused, ModelRetired
+from inferq.common.contract import check_name
+from inferq.common.errors import LifecycleRefused, ModelRetired, SchemaChangeRefused
 from inferq.common.schema import model_aliases, model_shadows, model_versions
 from inferq.models import registry
-from inferq.models.registry import DEFAULT_ALIAS, ModelVersion
+from inferq.models.registry import DEFAULT_ALIAS, LATEST_ALIAS, ModelVersion
 from sqlalchemy import Engine, delete, insert, select, tuple_, update
 
 
@@ -100,13 +102,14 @@ def serving_sig(mv: Any) -> tuple[str, ...]:
 
 
 def check_servable(engine: Engine, mv: ModelVersion) -> ModelVersion:
-    """``mv`` if it may be served; ModelRetired (naming the production version) if retired."""
+    """``mv`` if it may be served; ModelRetired (naming the version ``NAME`` resolves to) if it
+    is retired or archived."""
     if mv.status != "retired":
         return mv
     current = None
-    with contextlib.suppress(Exception):  # no production alias: the message says what to do
+    with contextlib.suppress(Exception):  # nothing to serve: the message says what to do
         current = registry.resolve(engine, mv.name).version
-    raise ModelRetired(mv.name, mv.version, current)
+    raise ModelRetired(mv.name, mv.version, current, archived=mv.archived)
 
 
 def _metric_line(mv: ModelVersion | None) -> str:
@@ -168,15 +171,28 @@ def gate_problems(candidate: ModelVersion, current: ModelVersion | None) -> list
 
 
 def promote(
-    engine: Engine, name: str, version: int, alias: str = DEFAULT_ALIAS, *, force: bool = False
+    engine: Engine,
+    name: str,
+    version: int,
+    alias: str = DEFAULT_ALIAS,
+    *,
+    force: bool = False,
+    accept_schema_change: bool = False,
 ) -> PromoteResult:
-    """Point ``alias`` at ``version`` behind the gate: never a retired version; a version whose
-    checks failed, or that has none when the current one has, only with ``force``."""
+    """Point ``alias`` at ``version`` behind the gates: never a retired (or archived) version,
+    nor the registry's own ``latest``; a version whose checks failed, or that has none when
+    the current one has, only with ``force``; one whose features differ from the current
+    target's only with ``accept_schema_change``."""
+    from inferq.models.schema_diff import schema_changes
+
+    if check_name(alias, "alias") == LATEST_ALIAS:
+        registry.promote(engine, name, version, alias)  # LifecycleRefused, with the reason
     candidate = registry.get_version(engine, name, version)
     if candidate.status == "retired":
+        state = "archived" if candidate.archived else "retired"
         raise LifecycleRefused(
-            f"{candidate.ref} is retired: an alias cannot point at it (register it again to "
-            "serve this file)"
+            f"{candidate.ref} is {state}: an alias cannot point at it (register the file "
+            "again with --force to serve it)"
         )
     try:
         current: ModelVersion | None = registry.resolve(engine, name, None, alias)
@@ -185,34 +201,110 @@ def promote(
     if current is not None and current.version == version:
         note = f"{name}:{alias} already is {candidate.ref}"
         return PromoteResult(candidate, current, alias, [note])
+    changes = schema_changes(current.schema, candidate.schema) if current is not None else []
     problems = gate_problems(candidate, current)
     if problems and not force:
         raise LifecycleRefused("promote refused: " + "; ".join(problems) + " (--force to override)")
+    if changes and not accept_schema_change and current is not None:
+        raise SchemaChangeRefused(candidate.ref, current.ref, alias, changes)
     promoted = registry.promote(engine, name, version, alias)
     notes = [f"forced past the gate: {p}" for p in problems]
+    if changes and current is not None:
+        notes.append(f"schema change accepted ({current.ref} -> {candidate.ref}): "
+                     + "; ".join(changes))  # fmt: skip
     return PromoteResult(promoted, current, alias, notes)
 
 
+def _check_unused(engine: Engine, mv: ModelVersion, action: str) -> None:
+    """LifecycleRefused while an alias (``latest`` aside: it moves) or the shadow points at mv."""
+    held = [a for a in mv.aliases if a != LATEST_ALIAS]
+    if held:
+        raise LifecycleRefused(
+            f"cannot {action} {mv.ref}: alias {', '.join(held)} points at it; promote "
+            f"another version first (`inferq models promote {mv.name} VERSION --alias "
+            f"{held[0]}`)"
+        )
+    if shadow_of(engine, mv.name) == mv.version:
+        raise LifecycleRefused(
+            f"cannot {action} {mv.ref}: it is {mv.name}'s shadow; `inferq models shadow "
+            f"{mv.name} --off` first"
+        )
+
+
 def retire(engine: Engine, name: str, version: int) -> ModelVersion:
-    """Stop serving ``name@version`` for good: refused while an alias or the shadow points at it."""
+    """Stop serving ``name@version`` for good: refused while an alias or the shadow points at it.
+    The ``latest`` alias moves back to the newest version still active."""
     mv = registry.get_version(engine, name, version)
     if mv.status == "retired":
         return mv
-    if mv.aliases:
-        raise LifecycleRefused(
-            f"cannot retire {mv.ref}: alias {', '.join(mv.aliases)} points at it; promote "
-            f"another version first (`inferq models promote {name} VERSION`)"
-        )
-    if shadow_of(engine, name) == version:
-        raise LifecycleRefused(
-            f"cannot retire {mv.ref}: it is {name}'s shadow; `inferq models shadow {name} --off` "
-            "first"
-        )
+    _check_unused(engine, mv, "retire")
     with engine.begin() as conn:
         conn.execute(
             update(model_versions)
             .where(model_versions.c.name == name, model_versions.c.version == version)
             .values(status="retired", retired_at=_now())
+        )
+        registry.point_latest(conn, name)
+    return registry.get_version(engine, name, version)
+
+
+def archive(engine: Engine, name: str, version: int, *, undo: bool = False) -> ModelVersion:
+    """Archive ``name@version``: retire it (if it is not yet) and hide it from `models list`;
+    refused while an alias or the shadow points at it. ``undo`` shows it again, still retired
+    (a retired version is never served again: register the file again to serve it)."""
+    mv = registry.get_version(engine, name, version)
+    where = (model_versions.c.name == name, model_versions.c.version == version)
+    if undo:
+        if mv.archived:
+            with engine.begin() as conn:
+                conn.execute(update(model_versions).where(*where).values(archived_at=None))
+        return registry.get_version(engine, name, version)
+    if mv.archived:
+        return mv
+    _check_unused(engine, mv, "archive")
+    now = _now()
+    with engine.begin() as conn:
+        conn.execute(
+            update(model_versions)
+            .where(*where)
+            .values(status="retired", retired_at=mv.retired_at or now, archived_at=now)
+        )
+        registry.point_latest(conn, name)
+    return registry.get_version(engine, name, version)
+
+
+def describe(
+    engine: Engine,
+    name: str,
+    version: int,
+    *,
+    description: str | None = None,
+    tags: dict[str, str] | None = None,
+    untag: list[str] | None = None,
+) -> ModelVersion:
+    """Change a version's description (``""`` clears it) and tags (``tags`` set or replace
+    keys, ``untag`` removes them; an unknown key to remove is refused)."""
+    from inferq.common.errors import InvalidInput
+
+    mv = registry.get_version(engine, name, version)
+    merged = dict(mv.tags)
+    unknown = [k for k in untag or [] if k not in merged]
+    if unknown:
+        raise InvalidInput(
+            f"{mv.ref} has no tag {', '.join(map(repr, unknown))} (tags: "
+            f"{', '.join(sorted(merged)) or 'none'})"
+        )
+    for key in untag or []:
+        del merged[key]
+    merged.update(tags or {})
+    values: dict[str, Any] = {"tags": merged or None}
+    if description is not None:
+        values["description"] = description or None
+    with engine.begin() as conn:
+        conn.execute(
+            update(model_versions)
+            .where(model_versions.c.name == name, model_versions.c.version == version)
+            .values(**values)
         )
     return registry.get_version(engine, name, version)
 
@@ -234,7 +326,8 @@ def set_shadow(engine: Engine, name: str, version: int | None) -> ModelVersion |
             return None
     mv = registry.get_version(engine, name, version)
     if mv.status == "retired":
-        raise LifecycleRefused(f"{mv.ref} is retired: it cannot be a shadow")
+        state = "archived" if mv.archived else "retired"
+        raise LifecycleRefused(f"{mv.ref} is {state}: it cannot be a shadow")
     try:
         primary = registry.resolve(engine, name)
     except Exception:

@@ -8,119 +8,25 @@ without importing scikit-learn. Writing (``register``) and ``load`` import
 from __future__ import annotations
 
 import datetime as dt
+import getpass
+import os
 import shutil
-from dataclasses import dataclass, field, fields
+import socket
 from pathlib import Path
 from typing import Any
 
 from inferq.common.contract import check_name
 from inferq.common.errors import ModelNotFound
-from inferq.common.rows.schema import InputSchema
 from inferq.common.schema import model_aliases, model_shadows, model_versions
-from sqlalchemy import Engine, func, insert, select, update
+from inferq.models.version import ModelVersion as ModelVersion
+from inferq.models.version import row_to_mv
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
 DEFAULT_ALIAS = "production"
-
-
-@dataclass(frozen=True, slots=True)
-class ModelVersion:
-    """One registered version of a model (a row of `model_versions`, plus its aliases)."""
-
-    name: str
-    version: int
-    sha256: str
-    sklearn_version: str
-    task: str
-    estimator: str
-    classes: list[str] | None
-    n_features: int
-    feature_names: list[str] | None
-    has_proba: bool
-    artifact: str
-    size_bytes: int
-    created_at: dt.datetime
-    aliases: list[str] = field(default_factory=list)
-    #: InputSchema.to_json() plus "source" and "warnings"; None for versions registered
-    #: before schemas existed (they are served as all numbers).
-    input_schema: dict[str, Any] | None = None
-    #: The reference sample given at registration: {"path", "sha256", "rows", "format"}.
-    reference: dict[str, Any] | None = None
-    status: str = "active"  # 'active' | 'retired'
-    retired_at: dt.datetime | None = None
-    format: str = "joblib"  # 'joblib' | 'skops'
-    #: skops: the types trusted at registration; workers load with exactly this list.
-    trusted: list[str] | None = None
-    #: The validation gate's result on the reference sample (models/checks.py).
-    checks: dict[str, Any] | None = None
-    runtime: str = "sklearn"  # what workers serve it with: 'sklearn' | 'onnx'
-    #: ONNX conversion and parity report (models/optimize.py); None if never optimized.
-    onnx: dict[str, Any] | None = None
-    shadow: bool = False  # the model's jobs are also scored by this version
-    #: Drift baseline (common/drift.py Baseline.to_json()); None: no reference given.
-    baseline: dict[str, Any] | None = None
-    _schema: InputSchema | None = field(default=None, init=False, repr=False, compare=False)
-
-    @property
-    def ref(self) -> str:
-        """``name@version``, the way inferq prints a model version."""
-        return f"{self.name}@{self.version}"
-
-    @property
-    def schema(self) -> InputSchema:
-        """The input schema (the all-number one for versions registered before schemas)."""
-        if self._schema is None:  # parsed once: producers read it on every submit
-            parsed = (
-                InputSchema.numeric(self.n_features, self.feature_names)
-                if self.input_schema is None
-                else InputSchema.from_json(self.input_schema)
-            )
-            object.__setattr__(self, "_schema", parsed)
-            return parsed
-        return self._schema
-
-    @property
-    def schema_warnings(self) -> list[str]:
-        """Warnings from deriving the schema at registration (e.g. the probe row failed)."""
-        return list((self.input_schema or {}).get("warnings") or [])
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict (for ``--json`` output)."""
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_schema"}
-        data["created_at"] = self.created_at.isoformat()
-        data["retired_at"] = self.retired_at.isoformat() if self.retired_at else None
-        return data
-
-
-def _row_to_mv(row: Any, aliases: list[str] | None = None, shadow: bool = False) -> ModelVersion:
-    m = row._mapping
-    return ModelVersion(
-        name=m["name"],
-        version=m["version"],
-        sha256=m["sha256"],
-        sklearn_version=m["sklearn_version"],
-        task=m["task"],
-        estimator=m["estimator"],
-        classes=m["classes"],
-        n_features=m["n_features"],
-        feature_names=m["feature_names"],
-        has_proba=bool(m["has_proba"]),
-        artifact=m["artifact"],
-        size_bytes=m["size_bytes"],
-        created_at=m["created_at"],
-        aliases=sorted(aliases or []),
-        input_schema=m["input_schema"],
-        reference=m["reference"],
-        status=m["status"],
-        retired_at=m["retired_at"],
-        format=m["format"],
-        trusted=m["trusted"],
-        checks=m["checks"],
-        runtime=m["runtime"],
-        onnx=m["onnx"],
-        shadow=shadow,
-        baseline=m["baseline"],
-    )
+#: Maintained by the registry: the newest version that is not retired (or archived). A bare
+#: ``NAME`` resolves to ``production`` if the model has it, else to ``latest``.
+LATEST_ALIAS = "latest"
 
 
 def _now() -> dt.datetime:
@@ -128,7 +34,8 @@ def _now() -> dt.datetime:
 
 
 def parse_ref(ref: str) -> tuple[str, int | None, str | None]:
-    """Parse ``NAME``, ``NAME@VERSION`` or ``NAME:ALIAS`` into (name, version, alias)."""
+    """Parse ``NAME``, ``NAME@VERSION`` or ``NAME:ALIAS`` into (name, version, alias); a bare
+    ``NAME`` has neither (None, None): it resolves to production, else latest."""
     if "@" in ref:
         name, _, ver = ref.partition("@")
         if not ver.isdigit():
@@ -137,7 +44,7 @@ def parse_ref(ref: str) -> tuple[str, int | None, str | None]:
     if ":" in ref:
         name, _, alias = ref.partition(":")
         return check_name(name), None, check_name(alias, "alias")
-    return check_name(ref), None, DEFAULT_ALIAS
+    return check_name(ref), None, None
 
 
 def get_version(engine: Engine, name: str, version: int) -> ModelVersion:
@@ -158,37 +65,50 @@ def get_version(engine: Engine, name: str, version: int) -> ModelVersion:
         shadow = conn.execute(
             select(model_shadows.c.version).where(model_shadows.c.name == name)
         ).scalar()
-        return _row_to_mv(row, list(aliases), shadow == version)
+        return row_to_mv(row, list(aliases), shadow == version)
+
+
+def default_target(aliases: dict[str, int]) -> int | None:
+    """The version a bare ``NAME`` means, given the model's {alias: version}: production,
+    else latest (None: neither)."""
+    found = aliases.get(DEFAULT_ALIAS)
+    return found if found is not None else aliases.get(LATEST_ALIAS)
 
 
 def resolve(
-    engine: Engine, name: str, version: int | None = None, alias: str | None = DEFAULT_ALIAS
+    engine: Engine, name: str, version: int | None = None, alias: str | None = None
 ) -> ModelVersion:
-    """Resolve a pinned version, or an alias (default ``production``), to a ModelVersion."""
+    """Resolve a pinned version, else an alias, else (no alias given) production if the model
+    has it, else latest, to a ModelVersion. An alias that was named is never substituted."""
     check_name(name)
     if version is not None:
         return get_version(engine, name, int(version))
-    alias = check_name(alias or DEFAULT_ALIAS, "alias")
+    wanted = [check_name(alias, "alias")] if alias else [DEFAULT_ALIAS, LATEST_ALIAS]
     with engine.connect() as conn:
-        found = conn.execute(
-            select(model_aliases.c.version).where(
-                model_aliases.c.name == name, model_aliases.c.alias == alias
+        rows = conn.execute(
+            select(model_aliases.c.alias, model_aliases.c.version).where(
+                model_aliases.c.name == name, model_aliases.c.alias.in_(wanted)
             )
-        ).scalar()
+        )
+        targets = {r.alias: int(r.version) for r in rows}
+        found = targets.get(alias) if alias else default_target(targets)
         if found is None:
             exists = conn.execute(
                 select(func.count())
                 .select_from(model_versions)
                 .where(model_versions.c.name == name)
             ).scalar()
-            raise ModelNotFound(name, alias=alias) if exists else ModelNotFound(name)
+            if not exists:
+                raise ModelNotFound(name)
+            raise ModelNotFound(name, alias=alias or DEFAULT_ALIAS)
     return get_version(engine, name, found)
 
 
 def find(engine: Engine, ref: str) -> ModelVersion:
-    """``NAME@VERSION``, ``NAME:ALIAS``, or ``NAME``: its production version, else its latest."""
+    """``NAME@VERSION``, ``NAME:ALIAS``, or ``NAME``: production, else latest, else (every
+    version retired) the newest version; for showing a version, not for serving it."""
     name, version, alias = parse_ref(ref)
-    if version is not None or ":" in ref:
+    if version is not None or alias is not None:
         return resolve(engine, name, version, alias)
     try:
         return resolve(engine, name)
@@ -204,10 +124,15 @@ def find(engine: Engine, ref: str) -> ModelVersion:
     return get_version(engine, name, int(latest))
 
 
-def list_models(engine: Engine, name: str | None = None) -> list[ModelVersion]:
-    """Every registered version (optionally of one model), newest first per model."""
+def list_models(
+    engine: Engine, name: str | None = None, *, archived: bool = True
+) -> list[ModelVersion]:
+    """Every registered version (optionally of one model; ``archived=False``: without the
+    archived ones), by name and version."""
     with engine.connect() as conn:
         query = select(model_versions).order_by(model_versions.c.name, model_versions.c.version)
+        if not archived:
+            query = query.where(model_versions.c.archived_at.is_(None))
         alias_q = select(model_aliases)
         if name is not None:
             query = query.where(model_versions.c.name == name)
@@ -217,7 +142,7 @@ def list_models(engine: Engine, name: str | None = None) -> list[ModelVersion]:
             aliases.setdefault((a.name, a.version), []).append(a.alias)
         shadows = {(r.name, r.version) for r in conn.execute(select(model_shadows))}
         return [
-            _row_to_mv(r, aliases.get((r.name, r.version)), (r.name, r.version) in shadows)
+            row_to_mv(r, aliases.get((r.name, r.version)), (r.name, r.version) in shadows)
             for r in conn.execute(query)
         ]
 
@@ -245,10 +170,15 @@ def alias_versions(engine: Engine) -> list[ModelVersion]:
 
 def promote(engine: Engine, name: str, version: int, alias: str = DEFAULT_ALIAS) -> ModelVersion:
     """Point ``alias`` of model ``name`` at ``version`` (creating the alias if needed)."""
-    check_name(alias, "alias")
-    if get_version(engine, name, version).status == "retired":  # raises ModelNotFound
-        from inferq.common.errors import LifecycleRefused
+    from inferq.common.errors import LifecycleRefused
 
+    check_name(alias, "alias")
+    if alias == LATEST_ALIAS:
+        raise LifecycleRefused(
+            f"the {LATEST_ALIAS!r} alias is moved by the registry (the newest version that is "
+            "not retired): promote to another alias, e.g. production"
+        )
+    if get_version(engine, name, version).status == "retired":  # raises ModelNotFound
         raise LifecycleRefused(f"{name}@{version} is retired: an alias cannot point at it")
     with engine.begin() as conn:
         changed = conn.execute(
@@ -265,6 +195,53 @@ def promote(engine: Engine, name: str, version: int, alias: str = DEFAULT_ALIAS)
     return get_version(engine, name, version)
 
 
+def point_latest(conn: Connection, name: str) -> int | None:
+    """Move ``name``'s ``latest`` alias to its newest version that is not retired (drop it when
+    there is none), inside the caller's transaction; returns that version."""
+    newest = conn.execute(
+        select(func.max(model_versions.c.version)).where(
+            model_versions.c.name == name, model_versions.c.status == "active"
+        )
+    ).scalar()
+    where = (model_aliases.c.name == name, model_aliases.c.alias == LATEST_ALIAS)
+    if newest is None:
+        conn.execute(delete(model_aliases).where(*where))
+        return None
+    if not conn.execute(
+        update(model_aliases).where(*where).values(version=newest, updated_at=_now())
+    ).rowcount:
+        conn.execute(
+            insert(model_aliases).values(
+                name=name, alias=LATEST_ALIAS, version=newest, updated_at=_now()
+            )
+        )
+    return int(newest)
+
+
+def registered_by() -> str:
+    """``user@host`` of this process, for the record (never fails: "unknown" parts)."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no USER/LOGNAME and no passwd entry (e.g. a container's random uid)
+        user = f"uid{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+    try:
+        host = socket.gethostname() or "unknown"
+    except OSError:
+        host = "unknown"
+    return f"{user}@{host}"
+
+
+def same_file(engine: Engine, name: str, digest: str) -> ModelVersion | None:
+    """The newest version of ``name`` whose artifact has sha256 ``digest``, if any."""
+    with engine.connect() as conn:
+        found = conn.execute(
+            select(func.max(model_versions.c.version)).where(
+                model_versions.c.name == name, model_versions.c.sha256 == digest
+            )
+        ).scalar()
+    return None if found is None else get_version(engine, name, int(found))
+
+
 def register(
     engine: Engine,
     model_store: Path,
@@ -276,17 +253,30 @@ def register(
     feature_types: dict[str, str] | None = None,
     schema_file: Path | None = None,
     trusted: list[str] | None = None,
+    description: str | None = None,
+    tags: dict[str, str] | None = None,
+    force: bool = False,
 ) -> ModelVersion:
     """Register a joblib or skops file of a fitted estimator, with its input schema, as the
-    next version. A skops file's types that skops does not trust must be named in ``trusted``."""
+    next version, and move the model's ``latest`` alias to it. A skops file's types that skops
+    does not trust must be named in ``trusted``. The same file (sha256) as an existing version
+    of ``name`` is refused (AlreadyRegistered) unless ``force``. Features that differ from the
+    production version's are recorded on the version (``schema_changes``)."""
     import sklearn
+    from inferq.common.errors import AlreadyRegistered
+    from inferq.common.rows.schema import InputSchema
     from inferq.models.artifacts import detect_format, read_artifact, sha256_file, untrusted_types
+    from inferq.models.schema_diff import schema_changes
     from inferq.models.schema_infer import infer_schema
 
     check_name(name)
     if alias is not None:
         check_name(alias, "alias")
     fmt = detect_format(Path(path))
+    if not force:  # before unpickling: a duplicate costs one read of the file
+        twin = same_file(engine, name, sha256_file(Path(path)))
+        if twin is not None:
+            raise AlreadyRegistered(twin.ref, twin.sha256, _state(twin))
     model, info = read_artifact(Path(path), trusted=trusted)
     # Kinds from the model, ``reference`` or ``schema_file``, then ``feature_types``; missing
     # values probed by calling the model (models/schema_infer.py).
@@ -300,6 +290,15 @@ def register(
         path=str(path),
     )
     del model  # the artifact is copied below; the probed object is not needed any more
+    document = inferred.document()
+    changed = None
+    try:
+        production: ModelVersion | None = resolve(engine, name, None, DEFAULT_ALIAS)
+    except ModelNotFound:
+        production = None
+    if production is not None:
+        found = schema_changes(production.schema, InputSchema.from_json(document))
+        changed = {"against": production.ref, "changes": found} if found else None
     for _attempt in range(5):  # a concurrent register may take the same number: try the next
         with engine.connect() as conn:
             latest = conn.execute(
@@ -332,12 +331,17 @@ def register(
                         artifact=rel.as_posix(),
                         size_bytes=tmp.stat().st_size,
                         created_at=_now(),
-                        input_schema=inferred.document(),
+                        input_schema=document,
                         reference=inferred.reference,
                         format=fmt,
                         trusted=needs,
+                        description=description,
+                        tags=dict(tags) if tags else None,
+                        registered_by=registered_by(),
+                        schema_changes=changed,
                     )
                 )
+                point_latest(conn, name)
         except SAIntegrityError:
             tmp.unlink(missing_ok=True)
             continue
@@ -348,6 +352,10 @@ def register(
     if alias is not None:
         return promote(engine, name, version, alias)
     return get_version(engine, name, version)
+
+
+def _state(mv: ModelVersion) -> str:
+    return "archived" if mv.archived else mv.status
 
 
 def load(model_store: Path, mv: ModelVersion) -> Any:

@@ -115,17 +115,18 @@ class InferenceClient:
     # ----- submit ---------------------------------------------------------------------
     @boundary
     def resolve(
-        self, model: str, version: int | None = None, alias: str | None = "production"
+        self, model: str, version: int | None = None, alias: str | None = None
     ) -> registry.ModelVersion:
-        """The registered version a submission goes to (pinned version, else the alias)."""
+        """The registered version a submission goes to: a pinned version, else ``alias``, else
+        (no alias) the model's production version, or its latest when it has no production."""
         if version is None:
-            key = (model, alias or registry.DEFAULT_ALIAS)
+            key = (model, alias or "")  # "": production, else latest
             hit = self._aliases.get(key)
             if hit is None or hit[1] < time.monotonic():
                 with self._lock:
                     hit = self._aliases.get(key)  # another thread may have looked it up
                     if hit is None or hit[1] < time.monotonic():
-                        mv = registry.resolve(self.engine, model, None, key[1])
+                        mv = registry.resolve(self.engine, model, None, alias or None)
                         self._versions[(mv.name, mv.version)] = mv
                         ttl = self.settings.alias_cache_seconds
                         self._aliases[key] = (mv.version, time.monotonic() + ttl)
@@ -148,7 +149,7 @@ class InferenceClient:
         rows: Any,
         *,
         version: int | None = None,
-        alias: str | None = "production",
+        alias: str | None = None,
         job_ids: Sequence[str] | None = None,
         keys: Sequence[Any] | None = None,
         run_id: str | None = None,
@@ -279,7 +280,7 @@ class InferenceClient:
         rows: Any,
         *,
         version: int | None = None,
-        alias: str | None = "production",
+        alias: str | None = None,
         job_ids: Sequence[str] | None = None,
         keys: Sequence[Any] | None = None,
         rescore_errors: bool = False,
@@ -288,9 +289,9 @@ class InferenceClient:
 
         ``rows``: 2-D numpy array, pandas DataFrame (columns matched to the model's feature
         names by name), or a list of lists/dicts. ``version`` pins a version, otherwise
-        ``alias`` (default ``production``) is resolved now. ``keys`` are your own row ids,
-        stored in ``predictions.key``. A row that is not numeric is still accepted and
-        answered with an error row; a submission that cannot be read at all raises.
+        ``alias`` (default: ``production``, else ``latest``) is resolved now. ``keys`` are
+        your own row ids, stored in ``predictions.key``. A row that is not numeric is still
+        accepted and answered with an error row; a submission that cannot be read at all raises.
         With coalescing on, a call that has the client to itself (no other thread inside
         ``submit``, nothing waiting to be merged) is published at once: lingering only pays
         when another caller could share the message.
@@ -326,7 +327,7 @@ class InferenceClient:
         rows: Any,
         *,
         version: int | None = None,
-        alias: str | None = "production",
+        alias: str | None = None,
         job_ids: Sequence[str] | None = None,
         keys: Sequence[Any] | None = None,
     ) -> Future[list[str]]:

@@ -134,20 +134,34 @@ class WorkerRuntime:
 
     def _wanted(self, state: ServingState) -> set[tuple[str, int]]:
         """The versions to hold in the main process: INFERQ_PRELOAD (aliases followed), else
-        every 'production' alias; plus the shadows of those models."""
+        what each model's bare name resolves to (production, else latest); plus the shadows of
+        those models."""
         specs = self.settings.preload_specs()
         wanted: set[tuple[str, int]] = set()
+        per_model: dict[str, dict[str, int]] = {}
+        for (n, a), v in state.aliases.items():
+            per_model.setdefault(n, {})[a] = v
         if specs is None:
-            wanted = {(n, v) for (n, a), v in state.aliases.items() if a == DEFAULT_ALIAS}
+            targets = {n: registry.default_target(held) for n, held in per_model.items()}
+            wanted = {(n, v) for n, v in targets.items() if v is not None}
         for spec in specs or []:
             try:
                 name, version, alias = registry.parse_ref(spec)
             except Exception as exc:  # one bad INFERQ_PRELOAD entry must not stop the rest
                 self.preload_failures[spec] = str(exc)
                 continue
-            target = version if version is not None else state.aliases.get((name, alias or ""))
+            held = per_model.get(name, {})
+            target = (
+                version
+                if version is not None
+                else held.get(alias)
+                if alias
+                else registry.default_target(held)
+            )
             if target is None:
-                self.preload_failures[spec] = f"model {name!r} has no alias {alias!r}"
+                self.preload_failures[spec] = (
+                    f"model {name!r} has no alias {alias or DEFAULT_ALIAS!r}"
+                )
             else:
                 wanted.add((name, target))
         names = {n for n, _ in wanted}
@@ -155,7 +169,8 @@ class WorkerRuntime:
         return wanted - state.retired
 
     def preload(self) -> list[str]:
-        """Load the configured models (default: every 'production' alias); returns their refs."""
+        """Load the configured models (default: each model's production, else latest version);
+        returns their refs."""
         try:
             self.apply_state(serving_state(self.engine))
             if self.settings.preload_specs() is not None:  # also check the other alias targets

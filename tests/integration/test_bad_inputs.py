@@ -298,13 +298,18 @@ def test_model_file_changed_or_deleted_after_registration_is_parked_not_answered
     from inferq.workers.health import parked
 
     store = pipeline.settings.model_store_dir
-    for name in ("swapped", "truncated", "vanished"):
-        registry.register(pipeline.engine, store, regressor_model.path, name)  # no alias: not
-    artifact = "{}/1/model.joblib"  # preloaded, so loaded (and verified) when asked for
+    artifact = "{}/1/model.joblib"
+    # NOTE: the workers' store holds the bad files *before* the versions exist: a new version
+    # is its model's `latest`, which workers preload at their next look at the registry, so
+    # breaking the files after registering would race with that load. The registry copies
+    # into a scratch store instead.
+    for name in ("swapped", "truncated"):
+        (store / name / "1").mkdir(parents=True)
     (store / artifact.format("swapped")).write_bytes(multiclass_model.path.read_bytes())
-    with (store / artifact.format("truncated")).open("r+b") as fh:
-        fh.truncate(100)
-    (store / artifact.format("vanished")).unlink()
+    (store / artifact.format("truncated")).write_bytes(regressor_model.path.read_bytes()[:100])
+    scratch = store.parent / "scratch-store"
+    for name in ("swapped", "truncated", "vanished"):
+        registry.register(pipeline.engine, scratch, regressor_model.path, name)
     x = np.asarray(regressor_model.x[:3])
     held = {
         name: pipeline.client.submit(name, x, version=1)

@@ -217,7 +217,8 @@ def test_resume_after_producer_and_worker_crash_keeps_version(pg_settings, bulk_
     assert 5 <= done < N_ROWS // 500
 
     # A new version is promoted in between: the resumed run must stay on the pinned version.
-    registry.register(engine, pg_settings.model_store_dir, folder / "cheap.joblib", "cheap")
+    registry.register(engine, pg_settings.model_store_dir, folder / "cheap.joblib", "cheap",
+                      force=True)  # fmt: skip
     registry.promote(engine, "cheap", 2)
 
     start_worker(pg_settings, concurrency=2)

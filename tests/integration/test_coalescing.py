@@ -22,7 +22,7 @@ def test_threads_submitting_rows_for_two_models_each_get_their_own_result(
         store = pg_settings.model_store_dir
         registry.register(client.engine, store, multiclass_model.path, "iris", "production")
         registry.register(client.engine, store, regressor_model.path, "diabetes", "production")
-        registry.register(client.engine, store, regressor_model.path, "diabetes")  # version 2
+        registry.register(client.engine, store, regressor_model.path, "diabetes", force=True)
         start_worker(pg_settings, concurrency=2)
 
         rng = np.random.default_rng(7)

@@ -168,7 +168,7 @@ def test_retire_refuses_submits_answers_queued_jobs_and_guards_aliases(
     engine = make_engine(settings)
     store = settings.model_store_dir
     registry.register(engine, store, binary_model.path, "churn", "production")
-    registry.register(engine, store, binary_model.path, "churn")
+    registry.register(engine, store, binary_model.path, "churn", force=True)
     x = binary_model.x.head(5)
     with InferenceClient(settings) as client:
         queued = client.submit("churn", x, version=1)  # no worker yet: waits in the queue
@@ -366,3 +366,54 @@ def test_onnx_and_skops_versions_are_served_by_workers(tmp_path, pg_url, redis_u
     assert [r.label for r in churn] == [str(v) for v in mixed.predict(rows)]
     assert all(r.ok and r.runtime == "sklearn" for r in trees + boosted)
     np.testing.assert_array_equal([r.score for r in trees], forest.predict_proba(x[:50])[:, 1])
+
+
+def test_a_first_version_registered_without_alias_is_served_by_its_bare_name(
+    tmp_path, pg_url, redis_url, binary_model, regressor_model, start_worker
+):
+    """A new user registers a classifier pipeline and a regressor with no --alias: a worker
+    preloads both (their `latest`) and scores `NAME`; a new version moves `latest` and the
+    running worker follows; archiving it moves `latest` back and refuses submits to it."""
+    from sklearn.linear_model import Ridge
+
+    from inferq import migrations
+    from tests.unit.test_cli import run
+
+    settings = make_settings(tmp_path, database_url=pg_url, broker_url=redis_url,
+                             reload_interval=0.5, alias_cache_seconds=0)  # fmt: skip
+    migrations.upgrade(settings)
+    for path, name in ((binary_model.path, "churn"), (regressor_model.path, "reg")):
+        out = run(settings, "models", "register", str(path), "-n", name)
+        assert out.returncode == 0 and f"registered {name}@1" in out.stdout, out.stderr
+    engine = make_engine(settings)
+    worker = start_worker(settings, concurrency=1)
+    assert "preloaded 2 model(s) before fork: churn@1, reg@1" in worker.output()
+    churn_x, reg_x = binary_model.x.head(20), regressor_model.x[:20]
+    with InferenceClient(settings) as client:
+        churn = client.wait(client.submit("churn", churn_x), timeout=60)
+        first = client.wait(client.submit("reg", reg_x), timeout=60)
+        assert all(r.ok and r.model_version == 1 for r in churn + first)
+        assert [r.label for r in churn] == [str(v) for v in binary_model.model.predict(churn_x)]
+        np.testing.assert_allclose([r.score for r in first], regressor_model.model.predict(reg_x))
+
+        stiffer = Ridge(alpha=50.0).fit(regressor_model.x, regressor_model.model.predict(
+            regressor_model.x))  # fmt: skip
+        joblib.dump(stiffer, tmp_path / "reg2.joblib")
+        assert registry.register(engine, settings.model_store_dir, tmp_path / "reg2.joblib",
+                                 "reg").aliases == ["latest"]  # fmt: skip
+        _wait(lambda: "loaded reg@2" in worker.output(), 15, "the worker to load reg@2")
+        second = client.wait(client.submit("reg", reg_x), timeout=60)
+        assert all(r.ok and r.model_version == 2 for r in second)
+        np.testing.assert_allclose([r.score for r in second], stiffer.predict(reg_x))
+
+        lifecycle.archive(engine, "reg", 2)
+        assert registry.resolve(engine, "reg").version == 1
+        back = client.wait(client.submit("reg", reg_x), timeout=60)
+        assert all(r.ok and r.model_version == 1 for r in back)
+        # (a client that already holds reg@2 sends on; the worker answers `retired` rows)
+        with (
+            InferenceClient(settings) as fresh,
+            pytest.raises(ModelRetired, match="reg@2 is archived"),
+        ):
+            fresh.submit("reg", reg_x, version=2)
+    engine.dispose()

@@ -24,11 +24,14 @@ def test_models_register_list_promote_json(sqlite_settings, regressor_model):
               "--alias", "production", "--json")  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["version"] == 1
-    run(sqlite_settings, "models", "register", str(regressor_model.path), "-n", "reg")
+    run(sqlite_settings, "models", "register", str(regressor_model.path), "-n", "reg", "--force")
     out = run(sqlite_settings, "models", "promote", "reg", "2", "--json")
-    assert json.loads(out.stdout)["aliases"] == ["production"]
+    assert json.loads(out.stdout)["aliases"] == ["latest", "production"]
     listed = json.loads(run(sqlite_settings, "models", "list", "--json").stdout)
-    assert [(m["version"], m["aliases"]) for m in listed] == [(1, []), (2, ["production"])]
+    assert [(m["version"], m["aliases"]) for m in listed] == [
+        (1, []),
+        (2, ["latest", "production"]),
+    ]
     table = run(sqlite_settings, "models", "list").stdout
     assert "reg" in table and "production" in table
 

@@ -41,7 +41,7 @@ def test_register_with_reference_then_list_and_show(sqlite_settings, tmp_path):
         out.stdout
     )
     assert "reference:" in out.stdout and "40 rows" in out.stdout
-    out = run(sqlite_settings, "models", "register", str(path), "-n", "churn",
+    out = run(sqlite_settings, "models", "register", str(path), "-n", "churn", "--force",
               "--feature-type", "spend=int", "--feature-type", "age=number", "--json")  # fmt: skip
     assert out.returncode == 0, out.stderr
     kinds = {f["name"]: f["kind"] for f in json.loads(out.stdout)["input_schema"]["features"]}
@@ -62,7 +62,7 @@ def test_register_with_reference_then_list_and_show(sqlite_settings, tmp_path):
     assert data["version"] == 2 and data["reference"] is None
     assert [f["missing"] for f in data["schema"]["features"]] == [True, True, False]
     (tmp_path / "schema.json").write_text(shown)  # `show --json` output is a schema file
-    out = run(sqlite_settings, "models", "register", str(path), "-n", "churn",
+    out = run(sqlite_settings, "models", "register", str(path), "-n", "churn", "--force",
               "--schema", str(tmp_path / "schema.json"), "--json")  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["input_schema"]["features"] == data["schema"]["features"]

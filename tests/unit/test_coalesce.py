@@ -99,7 +99,7 @@ def test_concurrent_single_row_submits_share_messages_without_mix_ups(make):
 def test_models_and_versions_are_never_merged(make, regressor_model):
     client = make(batch_size=1000, linger_ms=20)
     store = client.settings.model_store_dir
-    registry.register(client.engine, store, regressor_model.path, "reg")  # reg@2
+    registry.register(client.engine, store, regressor_model.path, "reg", force=True)  # reg@2
     registry.register(client.engine, store, regressor_model.path, "other", alias="production")
     targets = [("reg", None), ("reg", 2), ("other", None)]
     expected: dict[str, tuple[str, int]] = {}

@@ -62,7 +62,7 @@ def test_checks_record_metrics_and_gate_promote(sqlite_settings, tmp_path, churn
               "--json")  # fmt: skip
     assert out.returncode == 0, out.stderr
     v1 = json.loads(out.stdout)
-    assert v1["aliases"] == ["production"] and v1["checks"]["passed"] is True
+    assert v1["aliases"] == ["latest", "production"] and v1["checks"]["passed"] is True
     metrics = v1["checks"]["metrics"]
     assert metrics["accuracy"] == pytest.approx(
         accuracy_score(churn_data.churned, good.predict(features))
@@ -90,7 +90,7 @@ def test_checks_record_metrics_and_gate_promote(sqlite_settings, tmp_path, churn
     assert "--force" in out.stderr
 
     # v3 without checks, while production (v1) has them: refused; `models check` fixes it.
-    run(sqlite_settings, "models", "register", str(good_path), "-n", "churn")
+    run(sqlite_settings, "models", "register", str(good_path), "-n", "churn", "--force")
     out = run(sqlite_settings, "models", "promote", "churn", "3")
     assert out.returncode == 2 and "has no checks while churn@1" in out.stderr
     out = run(sqlite_settings, "models", "check", "churn", "3", "--reference", str(ref),
@@ -102,7 +102,9 @@ def test_checks_record_metrics_and_gate_promote(sqlite_settings, tmp_path, churn
     assert "candidate  churn@3: checks passed; accuracy" in out.stdout
     assert "current    churn@1: checks passed; accuracy" in out.stdout
 
-    out = run(sqlite_settings, "models", "promote", "churn", "2", "--force", "--json")
+    # @2's features are a, b: promoting it over @3 also changes the schema
+    out = run(sqlite_settings, "models", "promote", "churn", "2", "--force",
+              "--accept-schema-change", "--json")  # fmt: skip
     assert out.returncode == 0, out.stderr
     forced = json.loads(out.stdout)
     assert forced["version"] == 2 and forced["previous_version"] == 3

@@ -85,7 +85,7 @@ def test_alias_lookups_are_cached_for_the_configured_time(sqlite_settings, regre
     engine = make_engine(sqlite_settings)
     store = sqlite_settings.model_store_dir
     registry.register(engine, store, regressor_model.path, "reg", alias="production")
-    registry.register(engine, store, regressor_model.path, "reg")
+    registry.register(engine, store, regressor_model.path, "reg", force=True)
     cached = InferenceClient(sqlite_settings, engine=engine)
     fresh = InferenceClient(sqlite_settings.model_copy(update={"alias_cache_seconds": 0}),
                             engine=engine)  # fmt: skip

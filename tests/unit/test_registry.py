@@ -21,13 +21,13 @@ def test_register_records_metadata_and_copies_artifact(engine, sqlite_settings, 
     mv = registry.register(engine, store, binary_model.path, "cancer", alias="production")
     assert (mv.version, mv.task, mv.estimator, mv.n_features) == (1, "classifier", "Pipeline", 30)
     assert mv.classes == ["0", "1"] and mv.feature_names[0] == "mean radius"
-    assert mv.aliases == ["production"] and mv.has_proba
+    assert mv.aliases == ["latest", "production"] and mv.has_proba
     assert (store / mv.artifact).is_file() and len(mv.sha256) == 64
     import sklearn
 
     assert mv.sklearn_version == sklearn.__version__
-    mv2 = registry.register(engine, store, binary_model.path, "cancer")
-    assert mv2.version == 2 and mv2.aliases == []
+    mv2 = registry.register(engine, store, binary_model.path, "cancer", force=True)
+    assert mv2.version == 2 and mv2.aliases == ["latest"]
     assert registry.resolve(engine, "cancer").version == 1  # production still on 1
     registry.promote(engine, "cancer", 2)
     assert registry.resolve(engine, "cancer").version == 2
@@ -37,7 +37,7 @@ def test_register_records_metadata_and_copies_artifact(engine, sqlite_settings, 
     listed = registry.list_models(engine)
     assert [(m.name, m.version, m.aliases) for m in listed] == [
         ("cancer", 1, ["staging"]),
-        ("cancer", 2, ["production"]),
+        ("cancer", 2, ["latest", "production"]),
     ]
 
 
@@ -46,7 +46,8 @@ def test_unknown_model_version_alias_are_clear(engine, sqlite_settings, regresso
         registry.resolve(engine, "nope")
     registry.register(engine, sqlite_settings.model_store_dir, regressor_model.path, "reg")
     with pytest.raises(ModelNotFound, match="has no alias 'production'"):
-        registry.resolve(engine, "reg")
+        registry.resolve(engine, "reg", alias="production")  # a named alias is never replaced
+    assert registry.resolve(engine, "reg").version == 1  # bare name: production, else latest
     with pytest.raises(ModelNotFound, match="version 9 is not registered"):
         registry.promote(engine, "reg", 9)
 
@@ -117,7 +118,7 @@ def test_load_refuses_other_sklearn_version(engine, sqlite_settings, regressor_m
 
 
 def test_parse_ref():
-    assert registry.parse_ref("churn") == ("churn", None, "production")
+    assert registry.parse_ref("churn") == ("churn", None, None)  # production, else latest
     assert registry.parse_ref("churn@3") == ("churn", 3, None)
     assert registry.parse_ref("churn:staging") == ("churn", None, "staging")
 

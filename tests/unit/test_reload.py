@@ -32,7 +32,7 @@ def setup(sqlite_settings, binary_model):
     engine = make_engine(sqlite_settings)
     store = sqlite_settings.model_store_dir
     for _ in range(4):
-        registry.register(engine, store, binary_model.path, "churn")
+        registry.register(engine, store, binary_model.path, "churn", force=True)
     registry.promote(engine, "churn", 1)
     rt = runtime.install(WorkerRuntime(sqlite_settings))
     yield engine, store, rt
