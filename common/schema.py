@@ -76,7 +76,7 @@ model_versions = Table(
     # Drift baseline from the reference sample (common/drift.py): frozen bin edges and the
     # reference share per bin, per feature and for the output; calibration for estimates.
     Column("baseline", JSONDoc, nullable=True),
-    # Registry management (0010): free text, KEY=VALUE tags ({"team": "risk"}), who
+    # Registry management (0011): free text, KEY=VALUE tags ({"team": "risk"}), who
     # registered it (user@host), when it was archived (archived versions are also retired;
     # `models list` hides them), and how its features differed from production at
     # registration ({"against": "churn@3", "changes": [...]}; NULL: no difference).

@@ -48,7 +48,7 @@ class ModelVersion:
     #: Free text and KEY=VALUE tags given at registration or with `models describe`.
     description: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
-    #: ``user@host`` that registered it (None for versions registered before 0010).
+    #: ``user@host`` that registered it (None for versions registered before 0011).
     registered_by: str | None = None
     #: Set by `models archive`: hidden from `models list` (an archived version is retired).
     archived_at: dt.datetime | None = None

@@ -290,7 +290,7 @@ def test_a_regressor_of_another_width_is_flagged_at_registration(engine, sqlite_
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_migration_0010_gives_existing_models_a_latest_alias(tmp_path, backend, request):
+def test_migration_0011_gives_existing_models_a_latest_alias(tmp_path, backend, request):
     from sqlalchemy import text
 
     from inferq import migrations
@@ -298,7 +298,7 @@ def test_migration_0010_gives_existing_models_a_latest_alias(tmp_path, backend, 
 
     extra = {"database_url": request.getfixturevalue("pg_url")} if backend == "postgres" else {}
     settings = make_settings(tmp_path, **extra)
-    migrations.upgrade(settings, "0009")
+    migrations.upgrade(settings, "0010")
     engine = make_engine(settings)
     row = ("'{n}', {v}, 'sha', '1.9', 'regressor', 'Ridge', 10, 0, 'a', 1, CURRENT_TIMESTAMP, "
            "'{s}'")  # fmt: skip

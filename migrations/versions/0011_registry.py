@@ -1,8 +1,8 @@
 """registry management: description, tags, who registered a version, archive, the schema
 changes recorded at registration, and the automatic `latest` alias
 
-Revision ID: 0010
-Revises: 0009
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-02 12:00:00.000000
 
 Nullable columns only: a metadata-only change on Postgres, nothing is rewritten. An archived
@@ -20,8 +20,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
-revision: str = "0010"
-down_revision: str | None = "0009"
+revision: str = "0011"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
