@@ -194,6 +194,8 @@ def _run(client: Any, source: Any, o: ScoreOptions) -> tuple[int, Any, list[tupl
             f"{verb} run [bold]{run.run_id}[/] with {run.mv.ref} on {source.description}"
             + (f" ({len(run.committed)} chunks already committed)" if run.committed else "")
         )
+    if not run.complete:
+        _warn_if_no_worker(client.settings, o.stall)
     bar = None if as_json else _progress_bar()
     tasks: dict[str, Any] = {}
 
@@ -243,6 +245,32 @@ def _run(client: Any, source: Any, o: ScoreOptions) -> tuple[int, Any, list[tupl
             bar.stop()
     errors = scorer.error_breakdown(run.run_id) if result.scored_error and not as_json else []
     return code, result, errors
+
+
+def _warn_if_no_worker(settings: Any, stall: float) -> None:
+    """Say at once when no live worker consumes the bulk queue (Redis brokers: what workers
+    publish, as `inferq workers` lists it). A check that cannot run says nothing: the stall
+    warning covers every broker."""
+    from inferq.common.redisconn import broker_client, is_redis
+
+    if not is_redis(settings.effective_broker_url):
+        return
+    try:
+        from inferq.ops.workers import LIVE, read_redis
+
+        client = broker_client(settings, socket_timeout=3, socket_connect_timeout=3)
+        try:
+            nodes = read_redis(client)
+        finally:
+            client.close()
+    except Exception:
+        return
+    if not any(n.state == LIVE and settings.bulk_queue in n.queues for n in nodes):
+        console.print(
+            f"[bold yellow]warning:[/] no live worker consumes queue '{settings.bulk_queue}' "
+            "(`inferq workers`): the rows wait in the queue until one starts; giving up after "
+            f"{stall:,.0f}s without a row scored (--stall-timeout), resumable"
+        )
 
 
 def _rescore(scorer: Any, run: Any, result: Any, timeout: float | None, as_json: bool) -> Any:

@@ -98,11 +98,13 @@ def test_no_worker_warns_then_gives_up_and_the_same_command_resumes(
             "night", "--chunk-size", "100"]  # fmt: skip
     code, _, stderr = score(pg_settings, *argv, "--stall-timeout", "4")
     assert code == 1, stderr
+    assert f"warning: no live worker consumes queue '{pg_settings.bulk_queue}'" in stderr
     assert "warning: no row scored for" in stderr and "is a worker consuming queue" in stderr
     assert "no row of run night scored for 4s" in stderr and "--run-id night resumes" in stderr
     start_worker(pg_settings, concurrency=1)
     code, stdout, stderr = score(pg_settings, *argv, "--json")
     assert code == 0, stderr
+    assert "no live worker" not in stderr
     summary = json.loads(stdout)
     assert summary["status"] == "done" and summary["scored_ok"] == 300
     engine = make_engine(pg_settings)
