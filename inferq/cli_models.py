@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from inferq.models.registry import ModelVersion
 
 models_app = typer.Typer(
-    help="Register, list, show and promote model versions.", no_args_is_help=True
+    help="The model registry: register, list, show, describe, promote, shadow, retire, archive.", no_args_is_help=True
 )
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)

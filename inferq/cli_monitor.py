@@ -65,8 +65,9 @@ def report(
     ),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Is this model still fine? Throughput, errors, latency, drift, estimated and realised
-    accuracy per day of the last --days days, on one screen.
+    """Is this model still fine? Its last --days days on one screen.
+
+    Throughput, errors, latency, drift, estimated and realised accuracy per day.
 
     Estimated accuracy (no labels needed) stands beside realised accuracy with its label
     coverage, so you learn how far to trust the estimate. Realised accuracy needs the

@@ -322,8 +322,10 @@ def runs(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """List recent bulk runs (filtered by --model, --status, --since), or show one (counts,
-    rate, duration, errors by message)."""
+    """List recent bulk runs (--model, --status, --since filter them), or show one.
+
+    One run: counts, rate, duration, and its error rows grouped by message.
+    """
     from inferq.producer import InferenceClient
     from inferq.producer.bulk import BulkScorer
     from inferq.producer.runs import check_status, parse_model_filter

@@ -26,8 +26,9 @@ def workers(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (a list of workers)."),
 ) -> None:
-    """List worker nodes: models held (name@version, runtime), queues, pool size, pid/host,
-    start time and seconds since the last heartbeat.
+    """List worker nodes: the models they hold, queues, pool size and last heartbeat.
+
+    Also name@version and runtime of each model, pid/host and start time.
 
     With a Redis broker every worker publishes this every few seconds; a worker whose last
     beat is older than its liveness timeout (INFERQ_LIVENESS_TIMEOUT, 15 s; 15 s too when
