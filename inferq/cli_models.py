@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from inferq.models.registry import ModelVersion
 
 models_app = typer.Typer(
-    help="The model registry: register, list, show, describe, promote, shadow, retire, archive.", no_args_is_help=True
+    help="The model registry: register, list, show, describe, promote, shadow, retire, archive.",
+    no_args_is_help=True,
 )
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -212,8 +213,7 @@ def list_cmd(
     ),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """List registered model versions, their aliases, task and input schema (archived
-    versions only with --all)."""
+    """List model versions: aliases, task and input schema (archived ones with --all)."""
     from inferq.models import registry
 
     versions = registry.list_models(_engine(), name)
@@ -249,8 +249,11 @@ def show(
     ),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Show one version: metadata, aliases, who registered it and when, description and tags,
-    checks and metrics, ONNX parity, drift baseline, schema changes and the input schema."""
+    """Show one version: aliases, sha256, size, who registered it and when, and more.
+
+    Also description and tags, checks and metrics, ONNX parity, drift baseline, schema
+    changes and the input schema.
+    """
     from inferq.cli_registry import registry_rows, show_json
     from inferq.models import registry
 
