@@ -72,7 +72,7 @@ def test_drift_flags_exactly_the_shifted_features(pg_settings, tmp_path, start_w
     reference.to_csv(tmp_path / "reference.csv", index=False)
     for _ in range(3):  # v1: unshifted traffic, v2: shifted traffic, v3: a small window
         mv = registry.register(engine, store, tmp_path / "churn.joblib", "churn",
-                               reference=tmp_path / "reference.csv")  # fmt: skip
+                               reference=tmp_path / "reference.csv", force=True)  # fmt: skip
         mv = gates.baseline_version(engine, store, mv, None, "y")
     assert mv.baseline and mv.baseline["calibration"]
     start_worker(pg_settings, concurrency=2)
