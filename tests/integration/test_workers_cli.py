@@ -104,7 +104,7 @@ def test_workers_lists_both_nodes_with_models_queues_and_pool_then_the_killed_on
         second.proc.wait(10)
         nodes = wait_for("the killed worker to go silent", lambda: listed(settings),
                          lambda n: n[second.node]["state"] != "live", timeout=20)  # fmt: skip
-        assert nodes[second.node]["last_heartbeat_seconds"] > 5
+        assert nodes[second.node]["last_heartbeat_seconds"] >= 5  # silent after 5 s (shown rounded)
         nodes = wait_for("the killed worker to be reaped", lambda: listed(settings),
                          lambda n: n[second.node]["state"] == "reaped", timeout=20)  # fmt: skip
         assert nodes[first.hostname.replace("%h", os.uname().nodename)]["state"] == "live"
