@@ -117,9 +117,13 @@ def _run_facts(conn: Any, run_id: str) -> Any:
 
 
 def _classes(conn: Any, model: str, version: int | None) -> list[str] | None:
-    """The union of the classes of the model's versions ([] for a regressor; None when
-    there are too many for one column each)."""
-    stmt = select(model_versions.c.classes).where(model_versions.c.name == model)
+    """The union of the classes of the model's versions that give probabilities ([] for a
+    regressor or a model without them; None when too many for one column each)."""
+    # Only versions with probabilities: an outlier detector's -1/1 or KMeans' cluster ids
+    # are labels, not columns that would stay empty.
+    stmt = select(model_versions.c.classes).where(
+        model_versions.c.name == model, model_versions.c.has_proba == 1
+    )
     if version is not None:
         stmt = stmt.where(model_versions.c.version == version)
     seen: dict[str, None] = {}

@@ -21,13 +21,13 @@ from inferq.workers.results import write_results
 CLASSES = ["a", "b", "c"]
 
 
-def _register_version(engine, name="m", classes=CLASSES):
+def _register_version(engine, name="m", classes=CLASSES, has_proba=1):
     now = dt.datetime.now(dt.UTC)
     with engine.begin() as conn:
         conn.execute(
             model_versions.insert().values(
                 name=name, version=1, sha256="0" * 64, sklearn_version="1.5", task="classifier",
-                estimator="LogisticRegression", classes=classes, n_features=1, has_proba=1,
+                estimator="LogisticRegression", classes=classes, n_features=1, has_proba=has_proba,
                 artifact="m/1.joblib", size_bytes=1, created_at=now,
             )
         )  # fmt: skip
@@ -136,3 +136,15 @@ def test_output_format_from_the_name(name, fmt, tmp_path):
 def test_an_unknown_extension_is_refused(name, tmp_path):
     with pytest.raises(InvalidInput, match="cannot tell the format"):
         output_format(str(tmp_path / name))
+
+
+def test_labels_without_probabilities_get_no_empty_columns(sqlite_settings, tmp_path):
+    engine = make_engine(sqlite_settings)
+    _register_version(engine, classes=["-1", "1"], has_proba=0)  # an outlier detector
+    scored = _chunk(["a", "b"], 0, classes=["-1", "1"])
+    scored.proba = None
+    write_results(engine, scored, "w1", received_at=0)
+    report = export_results(engine, Selection(run_id="r"), str(tmp_path / "o.parquet"))
+    assert not [c for c in report.columns if c.startswith("proba")]
+    assert "probabilities" not in report.columns and report.rows == 2
+    engine.dispose()
