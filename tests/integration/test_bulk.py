@@ -331,7 +331,10 @@ def test_backpressure_bounds_what_a_run_keeps_in_redis(pg_settings, bulk_data, s
         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     queue = redis.Redis.from_url(pg_settings.broker_url)
-    time.sleep(6)  # no worker yet: the producer must stop after one publish group
+    deadline = time.monotonic() + 90  # start-up and the checks before a run come first
+    while queue.llen(pg_settings.bulk_queue) < 50 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(4)  # no worker yet: the producer must stay stopped after one publish group
     assert proc.poll() is None
     assert queue.llen(pg_settings.bulk_queue) == 50  # 50 x 1000 rows, not 200 messages
     start_worker(pg_settings, concurrency=2)
