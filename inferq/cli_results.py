@@ -5,6 +5,7 @@ Data goes to stdout (CSV when no file is given) or to the file; messages go to s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from typing import Any
@@ -80,11 +81,12 @@ def write(engine: Any, sel: Any, output: str | None, quiet: bool = False) -> Any
     output_format(output)  # a bad file name fails before the query runs
     to_file = output not in (None, "-")
     show = to_file and not quiet and console.is_terminal
-    with console.status(f"writing {sel.describe()}...", spinner="dots") if show else _Null() as s:
+    status = console.status(f"writing {sel.describe()}...", spinner="dots")
+    with status if show else contextlib.nullcontext():
 
         def on_rows(n: int) -> None:
             if show:
-                s.update(f"writing {sel.describe()}: {n:,} rows")
+                status.update(f"writing {sel.describe()}: {n:,} rows")
 
         report = export_results(engine, sel, output, on_rows=on_rows)
     if not quiet:
@@ -102,11 +104,3 @@ def write(engine: Any, sel: Any, output: str | None, quiet: bool = False) -> Any
         if report.rows == 0:
             console.print("[yellow]note:[/] no rows matched")
     return report
-
-
-class _Null:
-    def __enter__(self) -> Any:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

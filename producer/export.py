@@ -15,6 +15,7 @@ error, error_code) and the lineage (model, version, runtime, run, batch, worker,
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import sys
 import time
@@ -129,8 +130,6 @@ def _classes(conn: Any, model: str, version: int | None) -> list[str] | None:
     seen: dict[str, None] = {}
     for (classes,) in conn.execute(stmt):
         if isinstance(classes, str):  # some drivers hand JSON back as text
-            import json
-
             classes = json.loads(classes)
         for c in classes or ():
             seen[str(c)] = None

@@ -74,27 +74,28 @@ def unique_text_fields(values: list[str | None]) -> list[bytes]:
     ]
 
 
-def float_fields(values: Any) -> list[bytes]:
-    """float8 fields, bit-exact; NaN (no value) is NULL."""
+def _eight_byte_fields(values: Any, kind: str) -> list[bytes]:
+    """8-byte fields (length 8, then the big-endian value ``kind`` ``>f8``/``>i8``), built
+    as one numpy record array and sliced: no per-value struct.pack."""
     n = len(values)
-    rec = np.empty(n, dtype=[("size", ">i4"), ("value", ">f8")])
+    rec = np.empty(n, dtype=[("size", ">i4"), ("value", kind)])
     rec["size"] = 8
     rec["value"] = values
     raw = rec.tobytes()
-    out = [raw[i : i + 12] for i in range(0, 12 * n, 12)]
+    return [raw[i : i + 12] for i in range(0, 12 * n, 12)]
+
+
+def float_fields(values: Any) -> list[bytes]:
+    """float8 fields, bit-exact; NaN (no value) is NULL."""
+    out = _eight_byte_fields(values, ">f8")
     for i in np.flatnonzero(np.isnan(values)).tolist():
         out[i] = NULL
     return out
 
 
 def int8_fields(values: Any) -> list[bytes]:
-    """int8 fields (no NULLs), column-wise like float_fields."""
-    n = len(values)
-    rec = np.empty(n, dtype=[("size", ">i4"), ("value", ">i8")])
-    rec["size"] = 8
-    rec["value"] = values
-    raw = rec.tobytes()
-    return [raw[i : i + 12] for i in range(0, 12 * n, 12)]
+    """int8 fields (no NULLs)."""
+    return _eight_byte_fields(values, ">i8")
 
 
 def int4(value: int) -> bytes:
